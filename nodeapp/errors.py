@@ -1,0 +1,77 @@
+"""orderflow's errors: a small tree carrying fields; broker errors are translated into these.
+
+::
+
+    OrderflowError
+    ├── SettingsError        a bad environment variable or flag (names it)
+    ├── BrokerUnavailable    NATS unreachable or too slow to answer: retry later (HTTP 503)
+    ├── OrderNotFound        no document for that order id (HTTP 404)
+    ├── OrderExists          a create found the key taken
+    ├── RevisionConflict     a compare-and-set lost: someone else wrote the order first
+    ├── IdempotencyConflict  an Idempotency-Key reused with a different body (HTTP 422)
+    └── InvalidOrder         input that cannot become an order; carries per-field errors (4xx)
+
+Callers catch meaning, not library types; ``api.problems`` is the one place mapping these to HTTP.
+"""
+
+from __future__ import annotations
+
+
+class OrderflowError(Exception):
+    """Base of every error orderflow raises on purpose."""
+
+
+class SettingsError(OrderflowError):
+    def __init__(self, variable: str, reason: str) -> None:
+        super().__init__(f"{variable}: {reason}")
+        self.variable = variable
+        self.reason = reason
+
+
+class BrokerUnavailable(OrderflowError):
+    """The broker cannot be reached or did not answer in time; nothing was changed by us."""
+
+
+class OrderNotFound(OrderflowError):
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"order {order_id} not found")
+        self.order_id = order_id
+
+
+class OrderExists(OrderflowError):
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"order {order_id} already exists")
+        self.order_id = order_id
+
+
+class RevisionConflict(OrderflowError):
+    def __init__(self, order_id: str, expected: int) -> None:
+        super().__init__(f"order {order_id} changed since revision {expected}")
+        self.order_id = order_id
+        self.expected = expected
+
+
+class IdempotencyConflict(OrderflowError):
+    def __init__(self, order_id: str) -> None:
+        super().__init__(
+            "Idempotency-Key was already used with a different request body "
+            f"(it created order {order_id})"
+        )
+        self.order_id = order_id
+
+
+class FieldError:
+    """One invalid input field, as problem+json's ``errors`` lists it."""
+
+    __slots__ = ("field", "message")
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+
+
+class InvalidOrder(OrderflowError):
+    def __init__(self, errors: list[FieldError], status: int = 422) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+        self.status = status

@@ -1,0 +1,284 @@
+"""The worker node: a pull consumer on ``ORDERS``/``workers`` holding at most ``concurrency``
+orders, each driven by an ``OrderRun`` in a task the node owns.
+
+Shutdown (SIGTERM, or ``drain()``): stop fetching, let each order finish its current step, hand
+the rest back (lease released, message nak'ed so another node continues at once), leave the
+registry, close the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from datetime import datetime
+from typing import Final, Literal
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from nodeapp import __version__
+from nodeapp.broker import BROKER_ERRORS, broker_errors, connection, jetstream
+from nodeapp.deadletter import dead_letter
+from nodeapp.errors import BrokerUnavailable
+from nodeapp.model import decode_work, encode, utcnow
+from nodeapp.pipeline import OrderRun, Outcome, Worker
+from nodeapp.resources import ORDERS_STREAM, WORKERS_CONSUMER, Buckets, ensure_resources
+from nodeapp.settings import Settings
+from nodeapp.stats import NodeStats
+from nodeapp.steps import SimulatedSteps
+from nodeapp.store import OrderStore
+
+log = logging.getLogger("orderflow.node")
+
+FETCH_TIMEOUT: Final = 1.0
+HEARTBEAT_INTERVAL: Final = 1.0
+RETRY_PAUSE: Final = 0.5
+
+
+def make_node_id() -> str:
+    """Unique per process start: a restarted node is a new node (and a new lease epoch)."""
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:40]
+    return f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+class Heartbeat(msgspec.Struct):
+    """The value under the node's key in the ``nodes`` bucket."""
+
+    node_id: str
+    host: str
+    pid: int
+    version: str
+    started_at: datetime
+    state: Literal["active", "draining"]
+    concurrency: int
+    in_flight: int
+    ops_url: str | None
+    counters: NodeStats
+    updated_at: datetime
+
+
+class Node:
+    """Pulls work, runs orders, heart-beats; ``run()`` returns after a drain."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        js: JetStreamContext,
+        buckets: Buckets,
+        node_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.js = js
+        self.buckets = buckets
+        self.node_id = node_id or make_node_id()
+        self.started_at = utcnow()
+        self.stats = NodeStats()
+        self.draining = asyncio.Event()
+        self.worker = Worker(
+            node_id=self.node_id,
+            store=OrderStore(buckets.orders),
+            steps=SimulatedSteps(settings),
+            stats=self.stats,
+            lease=settings.lease_seconds,
+            ack_wait=settings.ack_wait,
+            draining=self.draining,
+        )
+        self.runs: dict[str, OrderRun] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slot_free = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def drain(self) -> None:
+        """Ask the node to stop taking work and hand back what it holds; safe to call twice."""
+        if not self.draining.is_set():
+            log.info("draining", extra={"event": "node.draining", "node_id": self.node_id})
+        self.draining.set()
+        self._slot_free.set()
+
+    async def run(self) -> None:
+        with broker_errors("binding consumer"):
+            sub = await self.js.pull_subscribe_bind(durable=WORKERS_CONSUMER, stream=ORDERS_STREAM)
+        stopped = asyncio.Event()
+        heartbeat = asyncio.create_task(self._heartbeat_loop(stopped), name="heartbeat")
+        log.info(
+            "node started",
+            extra={"event": "node.started", "node_id": self.node_id,
+                   "concurrency": self.settings.concurrency},
+        )  # fmt: skip
+        try:
+            await self._fetch_loop(sub)
+            await self._finish_runs()
+        finally:
+            stopped.set()
+            await heartbeat
+            await self._leave_registry()
+            with contextlib.suppress(*BROKER_ERRORS, nats.errors.Error):
+                await sub.unsubscribe()
+        log.info("node stopped", extra={"event": "node.stopped", "node_id": self.node_id})
+
+    async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
+        concurrency = self.settings.concurrency
+        while not self.draining.is_set():
+            free = concurrency - len(self._tasks)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            try:
+                msgs = await sub.fetch(free, timeout=FETCH_TIMEOUT)
+            except nats.errors.TimeoutError:
+                continue
+            except (*BROKER_ERRORS, nats.errors.Error) as exc:
+                log.warning("fetch failed: %s", exc, extra={"event": "node.fetch_failed"})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.draining.wait(), RETRY_PAUSE)
+                continue
+            for msg in msgs:
+                self._dispatch(msg)
+
+    def _dispatch(self, msg: Msg) -> None:
+        self.stats.received += 1
+        if msg.metadata.num_delivered > 1:
+            self.stats.redeliveries += 1
+        try:
+            order_id = decode_work(msg.data).order_id
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._spawn(self._dead_letter(msg, f"undecodable work message: {exc}", None))
+            return
+        if self.draining.is_set():
+            self._spawn(self._nak_quietly(msg, order_id))
+            return
+        current = self.runs.get(order_id)
+        if current is not None:
+            # A redelivery of an order this node is working on: answer on the newest delivery.
+            current.msg = msg
+            return
+        run = OrderRun(self.worker, order_id, msg)
+        self.runs[order_id] = run
+        self._spawn(self._process(run))
+
+    def _spawn(self, work: asyncio.Future[None] | asyncio.Task[None] | object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slot_free.set()
+        if not task.cancelled() and task.exception() is not None:
+            # _process catches everything it expects; anything else is a bug worth shouting about.
+            log.error("order task crashed", exc_info=task.exception(),
+                      extra={"event": "node.task_crashed", "node_id": self.node_id})  # fmt: skip
+
+    async def _process(self, run: OrderRun) -> None:
+        try:
+            outcome = await run.run()
+            if outcome is Outcome.NO_DOCUMENT:
+                await self._dead_letter(run.msg, "no order document", run.order_id)
+            elif outcome is Outcome.ABANDONED:
+                self.stats.abandoned += 1
+        except Exception:
+            self.stats.errors += 1
+            log.exception(
+                "order run failed unexpectedly; retrying after the ack wait",
+                extra={"event": "order.error", "order_id": run.order_id, "node_id": self.node_id},
+            )
+            await self._nak_quietly(run.msg, run.order_id, self.settings.ack_wait)
+        finally:
+            if self.runs.get(run.order_id) is run:
+                del self.runs[run.order_id]
+
+    async def _dead_letter(self, msg: Msg, reason: str, order_id: str | None) -> None:
+        try:
+            await dead_letter(self.js, msg, reason, order_id)
+            self.stats.dead_lettered += 1
+        except BrokerUnavailable as exc:
+            log.warning("dead-lettering failed, message will be redelivered: %s", exc,
+                        extra={"event": "order.dead_letter_failed", "order_id": order_id})  # fmt: skip
+
+    async def _nak_quietly(self, msg: Msg, order_id: str, delay: float | None = None) -> None:
+        try:
+            with broker_errors("nak"):
+                await msg.nak(delay=delay)
+        except BrokerUnavailable as exc:
+            log.warning("nak failed: %s", exc, extra={"event": "order.nak_failed",
+                                                      "order_id": order_id})  # fmt: skip
+
+    async def _finish_runs(self) -> None:
+        """Give runs time to finish their current step and hand back; cancel what is left."""
+        if not self._tasks:
+            return
+        grace = self.settings.step_seconds + self.settings.ack_wait
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            log.warning("cancelled %d orders still running after %.1fs", len(pending), grace,
+                        extra={"event": "node.drain_cancelled"})  # fmt: skip
+
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(
+            node_id=self.node_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            started_at=self.started_at,
+            state="draining" if self.draining.is_set() else "active",
+            concurrency=self.settings.concurrency,
+            in_flight=self.in_flight,
+            ops_url=None,
+            counters=self.stats,
+            updated_at=utcnow(),
+        )
+
+    async def _heartbeat_loop(self, stopped: asyncio.Event) -> None:
+        next_beat = time.monotonic()
+        while not stopped.is_set():
+            try:
+                with broker_errors("heartbeat"):
+                    await self.buckets.nodes.put(self.node_id, encode(self.heartbeat()))
+            except BrokerUnavailable as exc:
+                log.warning("heartbeat not written: %s", exc, extra={"event": "node.heartbeat_failed"})
+            next_beat += HEARTBEAT_INTERVAL
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), max(0.0, next_beat - time.monotonic()))
+
+    async def _leave_registry(self) -> None:
+        try:
+            with broker_errors("leaving registry"):
+                await self.buckets.nodes.delete(self.node_id)
+        except BrokerUnavailable as exc:
+            log.warning("could not remove heartbeat (it expires by TTL): %s", exc)
+
+
+async def serve_node(settings: Settings, node_id: str | None = None) -> None:
+    """Run one node until SIGTERM/SIGINT, then drain and exit."""
+    async with connection(settings, f"orderflow-node-{os.getpid()}") as nc:
+        node = await start_node(settings, nc, node_id)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, node.drain)
+        try:
+            await node.run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
+async def start_node(settings: Settings, nc: NATS, node_id: str | None = None) -> Node:
+    js = jetstream(nc, settings)
+    buckets = await ensure_resources(js, settings)
+    return Node(settings, js, buckets, node_id)

@@ -1,0 +1,94 @@
+"""Order documents in the KV bucket ``orders``, written by compare-and-set.
+
+The first write is ``create`` (fails if the key exists); every later write is
+``update(..., last=revision)``, so a writer that read a stale document loses instead of
+overwriting someone else's progress.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from nodeapp.broker import broker_errors
+from nodeapp.errors import OrderExists, OrderNotFound, RevisionConflict
+from nodeapp.model import Order, decode_order, encode
+
+
+class HistoryEntry(msgspec.Struct):
+    revision: int
+    order: Order | None
+
+
+class OrderStore:
+    """Reads and compare-and-set writes of order documents; translates KV errors into ours."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def get(self, order_id: str) -> Order:
+        with broker_errors(f"reading order {order_id}"):
+            try:
+                entry = await self.kv.get(order_id)
+            except nats.js.errors.KeyNotFoundError:
+                raise OrderNotFound(order_id) from None
+        if entry.value is None:
+            raise OrderNotFound(order_id)
+        order = decode_order(entry.value)
+        order.revision = entry.revision
+        return order
+
+    async def create(self, order: Order) -> int:
+        """Store a new document; ``OrderExists`` if the id is taken."""
+        order.revision = None
+        with broker_errors(f"creating order {order.order_id}"):
+            try:
+                revision: int = await self.kv.create(order.order_id, encode(order))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                raise OrderExists(order.order_id) from None
+        order.revision = revision
+        return revision
+
+    async def update(self, order: Order) -> int:
+        """Write ``order`` if nobody wrote since ``order.revision``; sets the new revision."""
+        expected = order.revision
+        if expected is None:
+            raise ValueError("update() needs an order read from the store")
+        order.revision = None
+        try:
+            with broker_errors(f"updating order {order.order_id}"):
+                try:
+                    revision: int = await self.kv.update(
+                        order.order_id, encode(order), last=expected
+                    )
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    raise RevisionConflict(order.order_id, expected) from None
+        except BaseException:
+            order.revision = expected
+            raise
+        order.revision = revision
+        return revision
+
+    async def delete(self, order_id: str, revision: int) -> None:
+        """Remove a document that must not be processed (a submit that failed half-way)."""
+        with broker_errors(f"deleting order {order_id}"):
+            try:
+                await self.kv.delete(order_id, last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                raise RevisionConflict(order_id, revision) from None
+
+    async def history(self, order_id: str) -> list[HistoryEntry]:
+        """Every stored revision of the order, oldest first (up to the bucket's 64)."""
+        with broker_errors(f"reading history of {order_id}"):
+            try:
+                entries = await self.kv.history(order_id)
+            except nats.js.errors.NoKeysError:
+                raise OrderNotFound(order_id) from None
+        out = []
+        for entry in entries:
+            order = decode_order(entry.value) if entry.value else None
+            if order is not None:
+                order.revision = entry.revision
+            out.append(HistoryEntry(revision=entry.revision, order=order))
+        return out

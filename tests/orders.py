@@ -1,0 +1,49 @@
+"""Helpers to submit orders and read their final documents in tests."""
+
+from __future__ import annotations
+
+from nodeapp.errors import OrderNotFound
+from nodeapp.intake import Intake, ItemRequest, OrderRequest
+from nodeapp.model import Order
+from nodeapp.store import OrderStore
+from tests.waiting import wait_for
+
+
+def order_request(customer: str = "c-1", fail_at: str | None = None) -> OrderRequest:
+    return OrderRequest(
+        customer_id=customer, items=[ItemRequest("p-1", 2)], amount=None, fail_at=fail_at
+    )
+
+
+async def submit(intake: Intake, fail_at: str | None = None) -> str:
+    result = await intake.submit(order_request(fail_at=fail_at))
+    return result.order.order_id
+
+
+async def wait_terminal(store: OrderStore, order_id: str, timeout: float = 30.0) -> Order:
+    async def probe() -> Order | None:
+        try:
+            order = await store.get(order_id)
+        except OrderNotFound:
+            return None
+        return order if order.terminal else None
+
+    return await wait_for(probe, timeout)
+
+
+async def wait_all_terminal(
+    store: OrderStore, order_ids: list[str], timeout: float = 60.0
+) -> list[Order]:
+    remaining = set(order_ids)
+    done: dict[str, Order] = {}
+
+    async def probe() -> bool:
+        for order_id in list(remaining):
+            order = await store.get(order_id)
+            if order.terminal:
+                done[order_id] = order
+                remaining.discard(order_id)
+        return not remaining
+
+    await wait_for(probe, timeout, interval=0.2)
+    return [done[o] for o in order_ids]
