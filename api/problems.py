@@ -1,0 +1,159 @@
+"""The one place mapping errors to HTTP: every 4xx and 5xx leaves as ``application/problem+json``.
+
+Handlers cover orderflow's error tree, Litestar's own ``HTTPException`` family (the router's
+404/405, 413 from the body limit) and anything unexpected (logged, answered 500 without
+internals). Controllers raise meaning; they never pick status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any, Final
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from api.schemas import Problem, ProblemFieldError
+from nodeapp.errors import (
+    BrokerUnavailable,
+    FieldError,
+    IdempotencyConflict,
+    InvalidOrder,
+    OrderflowError,
+    OrderNotFound,
+)
+
+log = logging.getLogger("orderflow.api")
+
+PROBLEM_JSON: Final = "application/problem+json"
+PROBLEM_BASE: Final = "https://orderflow.dev/problems/"
+# Stable problem types clients can switch on; other statuses use "about:blank" (RFC 9457 §4.2).
+_TYPES: Final = {
+    400: "malformed-request",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "body-too-large",
+    415: "unsupported-media-type",
+    422: "validation",
+    500: "internal-error",
+    503: "unavailable",
+}
+_encoder: Final = msgspec.json.Encoder()
+
+AnyRequest = Request[Any, Any, Any]
+
+
+def _title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # a status http.HTTPStatus does not list
+        return "Client Error" if status < 500 else "Server Error"
+
+
+def problem_type(status: int, name: str | None = None) -> str:
+    name = name or _TYPES.get(status)
+    return PROBLEM_BASE + name if name else "about:blank"
+
+
+def problem_response(
+    request: AnyRequest,
+    status: int,
+    detail: str,
+    *,
+    type_: str | None = None,
+    errors: list[FieldError] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response[bytes]:
+    problem = Problem(
+        type=type_ or problem_type(status),
+        title=_title(status),
+        status=status,
+        detail=detail,
+        instance=request.scope.get("path"),
+        errors=[ProblemFieldError(e.field, e.message) for e in errors] if errors else None,
+    )
+    return Response(
+        content=_encoder.encode(problem),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=dict(headers) if headers else None,
+    )
+
+
+def _broker_unavailable(request: AnyRequest, exc: BrokerUnavailable) -> Response[bytes]:
+    # Debug, not warning: during an outage every request lands here; broker.py already logs
+    # the disconnect and reconnect once each.
+    log.debug("answered 503: %s", exc, extra={"event": "api.broker_unavailable"})
+    return problem_response(
+        request,
+        503,
+        f"the order broker is unavailable, retry shortly ({exc})",
+        type_=problem_type(503, "broker-unavailable"),
+        headers={"Retry-After": "1"},
+    )
+
+
+def _order_not_found(request: AnyRequest, exc: OrderNotFound) -> Response[bytes]:
+    return problem_response(request, 404, str(exc))
+
+
+def _idempotency_conflict(request: AnyRequest, exc: IdempotencyConflict) -> Response[bytes]:
+    return problem_response(
+        request,
+        422,
+        str(exc),
+        type_=problem_type(422, "idempotency-conflict"),
+        errors=[FieldError("Idempotency-Key", "was used with a different request body")],
+    )
+
+
+def _invalid_order(request: AnyRequest, exc: InvalidOrder) -> Response[bytes]:
+    detail = "the request is invalid: " + "; ".join(f"{e.field} {e.message}" for e in exc.errors)
+    return problem_response(request, exc.status, detail, errors=exc.errors)
+
+
+def _orderflow_error(request: AnyRequest, exc: OrderflowError) -> Response[bytes]:
+    log.error("unmapped orderflow error: %s", exc, exc_info=exc)
+    return problem_response(request, 500, "internal error")
+
+
+def _validation_errors(exc: ValidationException) -> list[FieldError]:
+    """Litestar's ``extra`` is a list of ``{"key", "message"}`` dicts (path or query params)."""
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    return [
+        FieldError(str(item.get("key") or "request"), str(item.get("message", "is invalid")))
+        for item in extra
+        if isinstance(item, dict)
+    ]
+
+
+def _http_exception(request: AnyRequest, exc: HTTPException) -> Response[bytes]:
+    if exc.status_code >= 500:
+        log.error("answered %d: %s", exc.status_code, exc.detail, exc_info=exc)
+    errors = _validation_errors(exc) if isinstance(exc, ValidationException) else None
+    detail = exc.detail
+    if detail == _title(exc.status_code):  # Litestar's bare default: say more
+        detail = f"{detail}: {request.method} {request.scope.get('path')}"
+    return problem_response(request, exc.status_code, detail, errors=errors, headers=exc.headers)
+
+
+def _unexpected(request: AnyRequest, exc: Exception) -> Response[bytes]:
+    log.exception(
+        "unhandled error in %s %s", request.method, request.scope.get("path"), exc_info=exc
+    )
+    return problem_response(request, 500, "internal error")
+
+
+EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
+    BrokerUnavailable: _broker_unavailable,
+    OrderNotFound: _order_not_found,
+    IdempotencyConflict: _idempotency_conflict,
+    InvalidOrder: _invalid_order,
+    OrderflowError: _orderflow_error,
+    HTTPException: _http_exception,
+    Exception: _unexpected,
+}
