@@ -41,6 +41,10 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# ... plus nats-py's own base error, for calls where any client failure means "try later".
+ANY_NATS_ERROR: tuple[type[BaseException], ...] = (*BROKER_ERRORS, nats.errors.Error)
+
+
 @contextlib.contextmanager
 def broker_errors(what: str) -> Iterator[None]:
     """Translate nats-py's connectivity errors into ``BrokerUnavailable`` at the boundary."""
@@ -96,7 +100,7 @@ async def connection(settings: Settings, name: str, **options: Any) -> AsyncIter
         if not nc.is_closed:
             try:
                 await asyncio.wait_for(nc.drain(), timeout=5)
-            except (*BROKER_ERRORS, nats.errors.Error) as exc:
+            except ANY_NATS_ERROR as exc:
                 log.warning("drain on close failed: %s", exc)
                 await nc.close()
 

@@ -41,9 +41,13 @@ def _settings_parent() -> argparse.ArgumentParser:
     for flag, (field, kind, help_text) in SETTING_FLAGS.items():
         group.add_argument(flag, dest=field, type=kind, default=None, help=help_text)
     group.add_argument(
-        "--fault-injection", dest="fault_injection", action="store_const", const=True,
-        default=None, help="accept fail_at on orders [ORDERFLOW_FAULT_INJECTION=1]",
-    )  # fmt: skip
+        "--fault-injection",
+        dest="fault_injection",
+        action="store_const",
+        const=True,
+        default=None,
+        help="accept fail_at on orders [ORDERFLOW_FAULT_INJECTION=1]",
+    )
     return parent
 
 

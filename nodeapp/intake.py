@@ -98,9 +98,13 @@ class Intake:
         self.store = store
         self.idempotency = idempotency
 
-    async def submit(self, request: OrderRequest, idempotency_key: str | None = None) -> SubmitResult:
+    async def submit(
+        self, request: OrderRequest, idempotency_key: str | None = None
+    ) -> SubmitResult:
         if idempotency_key is None:
-            return SubmitResult(order=await self._create(new_order_id(), request, None), created=True)
+            return SubmitResult(
+                order=await self._create(new_order_id(), request, None), created=True
+            )
         kv_key = idempotency_kv_key(idempotency_key)
         record = IdempotencyRecord(order_id=new_order_id(), body_hash=_body_hash(request))
         with broker_errors("claiming Idempotency-Key"):

@@ -15,7 +15,11 @@ import msgspec
 from opentelemetry import trace
 
 # Attributes every LogRecord has; anything else came from ``extra`` and is ours to print.
-_RESERVED: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+_RESERVED: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 _encoder = msgspec.json.Encoder()
 
 

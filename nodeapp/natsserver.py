@@ -85,11 +85,14 @@ class NatsServer:
             cmd += ["-c", str(self.config)]
         cmd += [
             "-js",
-            "-a", self.host,
-            "-p", str(self.port),
-            "-sd", str(self.data_dir / "jetstream"),
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
+            "-sd",
+            str(self.data_dir / "jetstream"),
             *self.extra_args,
-        ]  # fmt: skip
+        ]
         return cmd
 
     def start(self, timeout: float = 15.0) -> NatsServer:

@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from nodeapp import __version__
-from nodeapp.broker import BROKER_ERRORS, broker_errors, connection, jetstream
+from nodeapp.broker import ANY_NATS_ERROR, broker_errors, connection, jetstream
 from nodeapp.deadletter import dead_letter
 from nodeapp.errors import BrokerUnavailable
 from nodeapp.model import decode_work, encode, utcnow
@@ -83,6 +83,10 @@ class Node:
         self.started_at = utcnow()
         self.stats = NodeStats()
         self.draining = asyncio.Event()
+        # Set once no pull request of ours can still be open on the server: only then is a nak
+        # on drain safe, else the server could hand the message straight back to us.
+        self.pulls_closed = asyncio.Event()
+        self._pull_open_until = 0.0
         self.worker = Worker(
             node_id=self.node_id,
             store=OrderStore(buckets.orders),
@@ -91,6 +95,7 @@ class Node:
             lease=settings.lease_seconds,
             ack_wait=settings.ack_wait,
             draining=self.draining,
+            pulls_closed=self.pulls_closed,
         )
         self.runs: dict[str, OrderRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -114,17 +119,21 @@ class Node:
         heartbeat = asyncio.create_task(self._heartbeat_loop(stopped), name="heartbeat")
         log.info(
             "node started",
-            extra={"event": "node.started", "node_id": self.node_id,
-                   "concurrency": self.settings.concurrency},
-        )  # fmt: skip
+            extra={
+                "event": "node.started",
+                "node_id": self.node_id,
+                "concurrency": self.settings.concurrency,
+            },
+        )
         try:
             await self._fetch_loop(sub)
+            await self._close_pulls(sub)
             await self._finish_runs()
         finally:
             stopped.set()
             await heartbeat
             await self._leave_registry()
-            with contextlib.suppress(*BROKER_ERRORS, nats.errors.Error):
+            with contextlib.suppress(*ANY_NATS_ERROR):
                 await sub.unsubscribe()
         log.info("node stopped", extra={"event": "node.stopped", "node_id": self.node_id})
 
@@ -136,11 +145,12 @@ class Node:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
+            self._pull_open_until = asyncio.get_running_loop().time() + FETCH_TIMEOUT
             try:
                 msgs = await sub.fetch(free, timeout=FETCH_TIMEOUT)
             except nats.errors.TimeoutError:
                 continue
-            except (*BROKER_ERRORS, nats.errors.Error) as exc:
+            except ANY_NATS_ERROR as exc:
                 log.warning("fetch failed: %s", exc, extra={"event": "node.fetch_failed"})
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.draining.wait(), RETRY_PAUSE)
@@ -148,13 +158,27 @@ class Node:
             for msg in msgs:
                 self._dispatch(msg)
 
+    async def _close_pulls(self, sub: JetStreamContext.PullSubscription) -> None:
+        """Wait out our last pull request, then hand back what it delivered but we never ran."""
+        remaining = self._pull_open_until - asyncio.get_running_loop().time()
+        if remaining > 0:
+            # The server ends the request at its known expiry; there is no event to await.
+            await asyncio.sleep(remaining)
+        queue = sub._sub._pending_queue  # nats-py keeps early deliveries here for the next fetch
+        while not queue.empty():
+            msg = queue.get_nowait()
+            if not (msg.reply or "").startswith("$JS.ACK"):
+                continue  # a status message (408/404), not a delivery
+            self._dispatch(msg)
+        self.pulls_closed.set()
+
     def _dispatch(self, msg: Msg) -> None:
         self.stats.received += 1
         if msg.metadata.num_delivered > 1:
             self.stats.redeliveries += 1
         try:
             order_id = decode_work(msg.data).order_id
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
             self._spawn(self._dead_letter(msg, f"undecodable work message: {exc}", None))
             return
         if self.draining.is_set():
@@ -179,8 +203,11 @@ class Node:
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             # _process catches everything it expects; anything else is a bug worth shouting about.
-            log.error("order task crashed", exc_info=task.exception(),
-                      extra={"event": "node.task_crashed", "node_id": self.node_id})  # fmt: skip
+            log.error(
+                "order task crashed",
+                exc_info=task.exception(),
+                extra={"event": "node.task_crashed", "node_id": self.node_id},
+            )
 
     async def _process(self, run: OrderRun) -> None:
         try:
@@ -205,16 +232,22 @@ class Node:
             await dead_letter(self.js, msg, reason, order_id)
             self.stats.dead_lettered += 1
         except BrokerUnavailable as exc:
-            log.warning("dead-lettering failed, message will be redelivered: %s", exc,
-                        extra={"event": "order.dead_letter_failed", "order_id": order_id})  # fmt: skip
+            log.warning(
+                "dead-lettering failed, message will be redelivered: %s",
+                exc,
+                extra={"event": "order.dead_letter_failed", "order_id": order_id},
+            )
 
     async def _nak_quietly(self, msg: Msg, order_id: str, delay: float | None = None) -> None:
+        if self.draining.is_set():
+            await self.pulls_closed.wait()
         try:
             with broker_errors("nak"):
                 await msg.nak(delay=delay)
         except BrokerUnavailable as exc:
-            log.warning("nak failed: %s", exc, extra={"event": "order.nak_failed",
-                                                      "order_id": order_id})  # fmt: skip
+            log.warning(
+                "nak failed: %s", exc, extra={"event": "order.nak_failed", "order_id": order_id}
+            )
 
     async def _finish_runs(self) -> None:
         """Give runs time to finish their current step and hand back; cancel what is left."""
@@ -226,8 +259,12 @@ class Node:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
-            log.warning("cancelled %d orders still running after %.1fs", len(pending), grace,
-                        extra={"event": "node.drain_cancelled"})  # fmt: skip
+            log.warning(
+                "cancelled %d orders still running after %.1fs",
+                len(pending),
+                grace,
+                extra={"event": "node.drain_cancelled"},
+            )
 
     def heartbeat(self) -> Heartbeat:
         return Heartbeat(
@@ -251,7 +288,9 @@ class Node:
                 with broker_errors("heartbeat"):
                     await self.buckets.nodes.put(self.node_id, encode(self.heartbeat()))
             except BrokerUnavailable as exc:
-                log.warning("heartbeat not written: %s", exc, extra={"event": "node.heartbeat_failed"})
+                log.warning(
+                    "heartbeat not written: %s", exc, extra={"event": "node.heartbeat_failed"}
+                )
             next_beat += HEARTBEAT_INTERVAL
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopped.wait(), max(0.0, next_beat - time.monotonic()))

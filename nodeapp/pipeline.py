@@ -59,6 +59,7 @@ class Worker:
         lease: float,
         ack_wait: float,
         draining: asyncio.Event,
+        pulls_closed: asyncio.Event,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -66,6 +67,7 @@ class Worker:
         self.stats = stats
         self.lease = lease
         self.draining = draining
+        self.pulls_closed = pulls_closed
         # Keep the message and the lease alive well inside their limits.
         self.keepalive_interval = min(ack_wait, lease) / 3
         self.short_steps = steps.seconds * 2 < self.keepalive_interval
@@ -157,15 +159,25 @@ class OrderRun:
             lifecycle.start_step(order, step, self.w.node_id, now)
             lifecycle.renew(order, now, self.w.lease)
             await self._save(order)
-            self._log(logging.INFO, f"{step.name} started", "step.started", step=step.name,
-                      attempt=step.attempt)  # fmt: skip
+            self._log(
+                logging.INFO,
+                f"{step.name} started",
+                "step.started",
+                step=step.name,
+                attempt=step.attempt,
+            )
             try:
                 await self._run_step(order, step)
             except StepFailed as exc:
                 return await self._fail(order, step, exc.reason)
             lifecycle.complete_step(step, utcnow())
-            self._log(logging.INFO, f"{step.name} completed", "step.completed", step=step.name,
-                      attempt=step.attempt)  # fmt: skip
+            self._log(
+                logging.INFO,
+                f"{step.name} completed",
+                "step.completed",
+                step=step.name,
+                attempt=step.attempt,
+            )
         await asyncio.shield(self._finish(order))
         self.w.stats.completed += 1
         return Outcome.COMPLETED
@@ -188,8 +200,14 @@ class OrderRun:
         lifecycle.fail_step(order, step, reason, now)
         lifecycle.renew(order, now, self.w.lease)
         await self._save(order)
-        self._log(logging.INFO, f"{step.name} failed: {reason}", "step.failed", step=step.name,
-                  attempt=step.attempt, reason=reason)  # fmt: skip
+        self._log(
+            logging.INFO,
+            f"{step.name} failed: {reason}",
+            "step.failed",
+            step=step.name,
+            attempt=step.attempt,
+            reason=reason,
+        )
         return await self._roll_back(order)
 
     async def _roll_back(self, order: Order) -> Outcome:
@@ -235,6 +253,7 @@ class OrderRun:
         except (RevisionConflict, BrokerUnavailable) as exc:
             self._log(logging.WARNING, f"hand-back not stored: {exc}", "order.handback_failed")
             return Outcome.LOST
+        await self.w.pulls_closed.wait()
         await self._nak(None)
         self.w.stats.handed_back += 1
         self._log(logging.INFO, "handed back (draining)", "order.handed_back")

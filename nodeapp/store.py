@@ -17,7 +17,7 @@ from nodeapp.model import Order, decode_order, encode
 
 
 class HistoryEntry(msgspec.Struct):
-    revision: int
+    revision: int | None
     order: Order | None
 
 

@@ -36,6 +36,7 @@ def run_up(
         raise OrderflowError("--nodes must be >= 0")
     if config is None and Path("nats.conf").is_file():
         config = Path("nats.conf")
+    data_dir = data_dir.absolute()
     try:
         import uvloop
 
@@ -48,7 +49,7 @@ async def _up(
     settings: Settings, nodes: int, port: int | None, data_dir: Path, config: Path | None
 ) -> int:
     host, nats_port = broker_address(settings, port)
-    server = NatsServer(data_dir.resolve(), port=nats_port, host=host, config=config)
+    server = NatsServer(data_dir, port=nats_port, host=host, config=config)
     if server.port and _port_busy(host, nats_port):
         raise OrderflowError(f"{host}:{nats_port} is in use: stop that server or pass --port")
     await asyncio.to_thread(server.start)
@@ -86,9 +87,9 @@ async def _spawn(cmd: list[str], env: dict[str, str]) -> Proc:
     return await asyncio.create_subprocess_exec(*cmd, env=env, start_new_session=True)
 
 
-async def _wait_http(host: str, port: int, proc: Proc, timeout: float) -> bool:
+async def _wait_http(host: str, port: int, proc: Proc, within: float) -> bool:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while loop.time() < deadline and proc.returncode is None:
         try:
             reader, writer = await asyncio.open_connection(host, port)

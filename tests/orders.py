@@ -20,7 +20,7 @@ async def submit(intake: Intake, fail_at: str | None = None) -> str:
     return result.order.order_id
 
 
-async def wait_terminal(store: OrderStore, order_id: str, timeout: float = 30.0) -> Order:
+async def wait_terminal(store: OrderStore, order_id: str, within: float = 30.0) -> Order:
     async def probe() -> Order | None:
         try:
             order = await store.get(order_id)
@@ -28,11 +28,11 @@ async def wait_terminal(store: OrderStore, order_id: str, timeout: float = 30.0)
             return None
         return order if order.terminal else None
 
-    return await wait_for(probe, timeout)
+    return await wait_for(probe, within)
 
 
 async def wait_all_terminal(
-    store: OrderStore, order_ids: list[str], timeout: float = 60.0
+    store: OrderStore, order_ids: list[str], within: float = 60.0
 ) -> list[Order]:
     remaining = set(order_ids)
     done: dict[str, Order] = {}
@@ -45,5 +45,5 @@ async def wait_all_terminal(
                 remaining.discard(order_id)
         return not remaining
 
-    await wait_for(probe, timeout, interval=0.2)
+    await wait_for(probe, within, interval=0.2)
     return [done[o] for o in order_ids]

@@ -69,9 +69,11 @@ async def test_forced_failure_rolls_back_in_reverse(
     assert all(t is not None for t in rollbacks)
     # Compensation runs latest first: rollback times descend with the step index.
     assert rollbacks == sorted(rollbacks, reverse=True)  # type: ignore[type-var]
-    assert order.steps[failed_index].rollback_time >= order.failure.time  # type: ignore[operator]
+    failed_rollback = order.steps[failed_index].rollback_time
+    assert failed_rollback is not None
+    assert failed_rollback >= order.failure.time
     assert order.complete_time is not None
-    assert order.complete_time >= max(rollbacks)  # type: ignore[type-var]
+    assert order.complete_time >= max(t for t in rollbacks if t is not None)
 
 
 async def test_failure_rate_is_honoured(settings: Settings, broker: Broker) -> None:
@@ -79,7 +81,7 @@ async def test_failure_rate_is_honoured(settings: Settings, broker: Broker) -> N
     fast = msgspec.structs.replace(settings, step_seconds=0.0, failure_rate=rate)
     order_ids = list(await asyncio.gather(*(submit(broker.intake) for _ in range(count))))
     async with running_node(fast):
-        orders = await wait_all_terminal(broker.store, order_ids, timeout=120)
+        orders = await wait_all_terminal(broker.store, order_ids, within=120)
     failed = sum(o.status == "failed" for o in orders)
     expected = 1 - (1 - rate) ** 4  # ~0.185
     share = failed / count

@@ -11,15 +11,15 @@ T = TypeVar("T")
 
 
 async def wait_for(
-    probe: Callable[[], Awaitable[T]], timeout: float = 30.0, interval: float = 0.05
+    probe: Callable[[], Awaitable[T | None]], within: float = 30.0, interval: float = 0.05
 ) -> T:
-    """Call ``probe`` until it returns something truthy; fail with the last value at the deadline."""
-    deadline = time.monotonic() + timeout
+    """Call ``probe`` until it returns something truthy; fail with its last value at the end."""
+    deadline = time.monotonic() + within
     last: T | None = None
     while True:
         last = await probe()
         if last:
             return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+            raise AssertionError(f"condition not met within {within}s; last value: {last!r}")
         await asyncio.sleep(interval)
