@@ -61,7 +61,11 @@ def broker_errors(what: str) -> Iterator[None]:
 async def connect(settings: Settings, name: str, **options: Any) -> NATS:
     """Open a connection that keeps reconnecting forever and logs its state changes."""
 
+    client: list[NATS] = []
+
     async def on_disconnect() -> None:
+        if client and (client[0].is_closed or client[0].is_draining):
+            return  # our own close, not news
         log.warning("broker disconnected", extra={"event": "broker.disconnected"})
 
     async def on_reconnect() -> None:
@@ -87,6 +91,7 @@ async def connect(settings: Settings, name: str, **options: Any) -> NATS:
     params.update(options)
     with broker_errors("connect"):
         nc: NATS = await nats.connect(**params)
+    client.append(nc)
     return nc
 
 

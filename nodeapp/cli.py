@@ -77,6 +77,9 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         field: getattr(args, field, None) for field, _, _ in SETTING_FLAGS.values()
     }
     overrides["fault_injection"] = getattr(args, "fault_injection", None)
+    if args.command == "up" and overrides["log_format"] is None:
+        # A person is watching: readable lines unless the environment asks for JSON.
+        overrides["log_format"] = os.environ.get("ORDERFLOW_LOG_FORMAT") or "console"
     return load_settings(**overrides)
 
 

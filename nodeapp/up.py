@@ -58,8 +58,6 @@ async def _up(
         settings = msgspec.structs.replace(settings, nats_url=server.url)
         await init_resources(settings)
         env = {**os.environ, **settings_env(settings)}
-        if "ORDERFLOW_LOG_FORMAT" not in os.environ:
-            env["ORDERFLOW_LOG_FORMAT"] = "console"
         children.append(("api", await _spawn([sys.executable, "-m", "api"], env)))
         for _ in range(nodes):
             node = await _spawn([sys.executable, "-m", "nodeapp", "node"], env)
