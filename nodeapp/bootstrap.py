@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from nodeapp.broker import connection, jetstream
-from nodeapp.resources import ensure_resources
+from nodeapp.resources import ensure_resources_patiently
 from nodeapp.settings import Settings
 
 
 async def init_resources(settings: Settings) -> None:
-    async with connection(settings, "orderflow-init") as nc:
-        await ensure_resources(jetstream(nc, settings), settings)
+    async with connection(settings, "orderflow-init", within=10.0) as nc:
+        await ensure_resources_patiently(jetstream(nc, settings), settings)

@@ -58,8 +58,13 @@ def broker_errors(what: str) -> Iterator[None]:
         raise BrokerUnavailable(f"{what}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
 
 
-async def connect(settings: Settings, name: str, **options: Any) -> NATS:
-    """Open a connection that keeps reconnecting forever and logs its state changes."""
+async def connect(
+    settings: Settings, name: str, within: float | None = None, **options: Any
+) -> NATS:
+    """Open a connection that keeps reconnecting forever and logs its state changes.
+
+    ``within`` bounds the first connect (a one-shot command should fail, a service may wait).
+    """
 
     client: list[NATS] = []
 
@@ -89,16 +94,18 @@ async def connect(settings: Settings, name: str, **options: Any) -> NATS:
         "error_cb": on_error,
     }
     params.update(options)
-    with broker_errors("connect"):
-        nc: NATS = await nats.connect(**params)
+    with broker_errors(f"connecting to {settings.nats_url}"):
+        nc: NATS = await asyncio.wait_for(nats.connect(**params), within)
     client.append(nc)
     return nc
 
 
 @contextlib.asynccontextmanager
-async def connection(settings: Settings, name: str, **options: Any) -> AsyncIterator[NATS]:
+async def connection(
+    settings: Settings, name: str, within: float | None = None, **options: Any
+) -> AsyncIterator[NATS]:
     """``async with connection(...) as nc``: connect, then drain and close on the way out."""
-    nc = await connect(settings, name, **options)
+    nc = await connect(settings, name, within, **options)
     try:
         yield nc
     finally:

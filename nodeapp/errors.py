@@ -9,7 +9,10 @@
     ├── OrderExists          a create found the key taken
     ├── RevisionConflict     a compare-and-set lost: someone else wrote the order first
     ├── IdempotencyConflict  an Idempotency-Key reused with a different body (HTTP 422)
-    └── InvalidOrder         input that cannot become an order; carries per-field errors (4xx)
+    ├── InvalidOrder         input that cannot become an order; carries per-field errors (4xx)
+    ├── ResourceMissing      a stream, consumer or bucket is gone (HTTP 503 until recreated)
+    ├── NodeNotFound         no live node with that id in the registry (HTTP 404)
+    └── NodeUnresponsive     a registered node did not answer a control request (HTTP 502-504)
 
 Callers catch meaning, not library types; ``api.problems`` is the one place mapping these to HTTP.
 """
@@ -74,4 +77,29 @@ class InvalidOrder(OrderflowError):
     def __init__(self, errors: list[FieldError], status: int = 422) -> None:
         super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
         self.errors = errors
+        self.status = status
+
+
+class ResourceMissing(OrderflowError):
+    """A JetStream resource orderflow relies on does not exist (deleted by hand?)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} is missing; `orderflow init` recreates it")
+        self.what = what
+
+
+class NodeNotFound(OrderflowError):
+    def __init__(self, node_id: str) -> None:
+        super().__init__(f"no live node {node_id}")
+        self.node_id = node_id
+
+
+class NodeUnresponsive(OrderflowError):
+    """The node is in the registry but its control request failed; ``status`` says how:
+    503 nobody subscribed, 504 no answer in time, 502 an answer we cannot use."""
+
+    def __init__(self, node_id: str, reason: str, status: int) -> None:
+        super().__init__(f"node {node_id} {reason}")
+        self.node_id = node_id
+        self.reason = reason
         self.status = status

@@ -31,7 +31,12 @@ from nodeapp.deadletter import dead_letter
 from nodeapp.errors import BrokerUnavailable
 from nodeapp.model import decode_work, encode, utcnow
 from nodeapp.pipeline import OrderRun, Outcome, Worker
-from nodeapp.resources import ORDERS_STREAM, WORKERS_CONSUMER, Buckets, ensure_resources
+from nodeapp.resources import (
+    ORDERS_STREAM,
+    WORKERS_CONSUMER,
+    Buckets,
+    ensure_resources_patiently,
+)
 from nodeapp.settings import Settings
 from nodeapp.stats import NodeStats
 from nodeapp.steps import SimulatedSteps
@@ -151,7 +156,11 @@ class Node:
             except nats.errors.TimeoutError:
                 continue
             except ANY_NATS_ERROR as exc:
-                log.warning("fetch failed: %s", exc, extra={"event": "node.fetch_failed"})
+                log.warning(
+                    "fetch failed: %r",
+                    exc,
+                    extra={"event": "node.fetch_failed", "node_id": self.node_id},
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.draining.wait(), RETRY_PAUSE)
                 continue
@@ -319,5 +328,5 @@ async def serve_node(settings: Settings, node_id: str | None = None) -> None:
 
 async def start_node(settings: Settings, nc: NATS, node_id: str | None = None) -> Node:
     js = jetstream(nc, settings)
-    buckets = await ensure_resources(js, settings)
+    buckets = await ensure_resources_patiently(js, settings)
     return Node(settings, js, buckets, node_id)

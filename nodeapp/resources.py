@@ -5,6 +5,7 @@ Names are public: operators inspect them with the ``nats`` CLI.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Final
 
@@ -24,6 +25,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from nodeapp.broker import broker_errors
+from nodeapp.errors import BrokerUnavailable, OrderflowError
 from nodeapp.settings import Settings
 
 log = logging.getLogger("orderflow.resources")
@@ -66,14 +68,34 @@ def consumer_config(settings: Settings) -> ConsumerConfig:
     )
 
 
+STREAM_NAME_IN_USE: Final = 10058
+REPLICAS_NEED_CLUSTER: Final = 10074
+
+
+def _refused(what: str, exc: nats.js.errors.APIError) -> OrderflowError:
+    """JetStream said no: an operator's problem, told in one line naming the resource."""
+    hint = ""
+    if exc.err_code == REPLICAS_NEED_CLUSTER:
+        hint = " (ORDERFLOW_REPLICAS > 1 needs a JetStream cluster of that many servers)"
+    return OrderflowError(f"JetStream refused {what}: {exc.description}{hint}")
+
+
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError as exc:
-        # 10058: a stream with this name exists with another config; keep what the operator has.
-        if exc.err_code != 10058:
-            raise
-        log.info("stream %s exists with a different config; leaving it", config.name)
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise _refused(f"stream {config.name}", exc) from None
+        # It exists with another config: keep what the operator has, but say what differs.
+        info = await js.stream_info(str(config.name))
+        if info.config.num_replicas != config.num_replicas:
+            log.warning(
+                "stream %s has %s replicas, settings ask for %s; leaving it as it is",
+                config.name, info.config.num_replicas, config.num_replicas,
+                extra={"event": "resources.replicas_differ"},
+            )  # fmt: skip
+    except nats.js.errors.APIError as exc:
+        raise _refused(f"stream {config.name}", exc) from None
 
 
 async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
@@ -84,9 +106,11 @@ async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyVal
     try:
         return await js.create_key_value(config)
     except nats.js.errors.BadRequestError as exc:
-        if exc.err_code != 10058:  # raced with another process creating it
-            raise
+        if exc.err_code != STREAM_NAME_IN_USE:  # not a race with another process creating it
+            raise _refused(f"bucket {config.bucket}", exc) from None
         return await js.key_value(config.bucket)
+    except nats.js.errors.APIError as exc:
+        raise _refused(f"bucket {config.bucket}", exc) from None
 
 
 async def ensure_resources(js: JetStreamContext, settings: Settings) -> Buckets:
@@ -118,7 +142,10 @@ async def ensure_resources(js: JetStreamContext, settings: Settings) -> Buckets:
                 duplicate_window=DUPLICATE_WINDOW,
             ),
         )
-        await js.add_consumer(ORDERS_STREAM, consumer_config(settings))
+        try:
+            await js.add_consumer(ORDERS_STREAM, consumer_config(settings))
+        except nats.js.errors.APIError as exc:
+            raise _refused(f"consumer {WORKERS_CONSUMER}", exc) from None
         orders = await _ensure_bucket(
             js,
             KeyValueConfig(
@@ -152,6 +179,25 @@ async def ensure_resources(js: JetStreamContext, settings: Settings) -> Buckets:
             ),
         )
     return Buckets(orders=orders, nodes=nodes, idempotency=idempotency)
+
+
+async def ensure_resources_patiently(
+    js: JetStreamContext, settings: Settings, within: float = 30.0
+) -> Buckets:
+    """``ensure_resources``, retried while the broker is unreachable or still electing a leader
+    (a cluster that just started answers JetStream requests with timeouts for a moment)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    pause = 0.2
+    while True:
+        try:
+            return await ensure_resources(js, settings)
+        except BrokerUnavailable as exc:
+            if loop.time() + pause > deadline:
+                raise
+            log.warning("JetStream not ready (%s); retrying in %.1fs", exc, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 async def open_buckets(js: JetStreamContext) -> Buckets:

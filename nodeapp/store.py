@@ -7,6 +7,8 @@ overwriting someone else's progress.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import msgspec
 import nats.js.errors
 from nats.js.kv import KeyValue
@@ -17,8 +19,12 @@ from nodeapp.model import Order, decode_order, encode
 
 
 class HistoryEntry(msgspec.Struct):
+    """One stored revision; ``order`` is None for a delete marker, ``time`` is when the broker
+    stored it."""
+
     revision: int | None
     order: Order | None
+    time: datetime | None = None
 
 
 class OrderStore:
@@ -90,5 +96,7 @@ class OrderStore:
             order = decode_order(entry.value) if entry.value else None
             if order is not None:
                 order.revision = entry.revision
-            out.append(HistoryEntry(revision=entry.revision, order=order))
+            # nats-py fills ``created`` from the message metadata: a datetime, despite its hint.
+            stored = entry.created if isinstance(entry.created, datetime) else None
+            out.append(HistoryEntry(revision=entry.revision, order=order, time=stored))
         return out

@@ -1,0 +1,43 @@
+"""Control requests to one node over NATS request/reply, so nobody needs to know its address.
+
+The api (``POST /cluster/nodes/{id}/drain``) sends an empty request to ``drain_subject(id)``;
+the node answers with a ``DrainReply``. Node ids appear as one subject token and as a KV key in
+``nodes``, so only characters valid in both are allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import msgspec
+
+CONTROL_PREFIX: Final = "orderflow.node"
+NODE_ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,128}$"
+_NODE_ID: Final = re.compile(NODE_ID_PATTERN)
+
+
+def is_node_id(node_id: str) -> bool:
+    """True when ``node_id`` can be a KV key and a single subject token (no ``.``, ``*``, ``>``)."""
+    return _NODE_ID.fullmatch(node_id) is not None
+
+
+def drain_subject(node_id: str) -> str:
+    """The subject a node answers drain requests on: ``orderflow.node.<node_id>.drain``."""
+    if not is_node_id(node_id):
+        raise ValueError(f"not a node id: {node_id!r} (allowed: {NODE_ID_PATTERN})")
+    return f"{CONTROL_PREFIX}.{node_id}.drain"
+
+
+class DrainReply(msgspec.Struct):
+    """The node's answer to a drain request; unknown fields are ignored (rolling deploys)."""
+
+    node_id: str
+    state: str
+
+
+_reply_decoder: Final = msgspec.json.Decoder(DrainReply)
+
+
+def decode_drain_reply(data: bytes) -> DrainReply:
+    return _reply_decoder.decode(data)
