@@ -30,13 +30,14 @@ from nodeapp.broker import ANY_NATS_ERROR, broker_errors, connection, jetstream
 from nodeapp.deadletter import dead_letter
 from nodeapp.errors import BrokerUnavailable
 from nodeapp.model import decode_work, encode, utcnow
-from nodeapp.pipeline import OrderRun, Outcome, Worker
+from nodeapp.pipeline import Observer, OrderRun, Outcome, Worker
 from nodeapp.resources import (
     ORDERS_STREAM,
     WORKERS_CONSUMER,
     Buckets,
     ensure_resources_patiently,
 )
+from nodeapp.service import node_service
 from nodeapp.settings import Settings
 from nodeapp.stats import NodeStats
 from nodeapp.steps import SimulatedSteps
@@ -80,6 +81,7 @@ class Node:
         js: JetStreamContext,
         buckets: Buckets,
         node_id: str | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         self.js = js
@@ -101,10 +103,19 @@ class Node:
             ack_wait=settings.ack_wait,
             draining=self.draining,
             pulls_closed=self.pulls_closed,
+            fenced=self.fenced,
+            observer=observer,
         )
+        self.ops_url: str | None = None
+        self._last_beat = time.monotonic()
         self.runs: dict[str, OrderRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_free = asyncio.Event()
+
+    def fenced(self) -> bool:
+        """True when our heartbeat has not been stored for longer than the lease: the cluster
+        may think us dead and take our orders, so we stop taking and advancing work."""
+        return time.monotonic() - self._last_beat > self.settings.lease_seconds
 
     @property
     def in_flight(self) -> int:
@@ -145,6 +156,11 @@ class Node:
     async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
         concurrency = self.settings.concurrency
         while not self.draining.is_set():
+            if self.fenced():
+                # Wait for the heartbeat loop to get through before taking new work.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.draining.wait(), RETRY_PAUSE)
+                continue
             free = concurrency - len(self._tasks)
             if free <= 0:
                 self._slot_free.clear()
@@ -285,7 +301,7 @@ class Node:
             state="draining" if self.draining.is_set() else "active",
             concurrency=self.settings.concurrency,
             in_flight=self.in_flight,
-            ops_url=None,
+            ops_url=self.ops_url,
             counters=self.stats,
             updated_at=utcnow(),
         )
@@ -296,6 +312,9 @@ class Node:
             try:
                 with broker_errors("heartbeat"):
                     await self.buckets.nodes.put(self.node_id, encode(self.heartbeat()))
+                if self.fenced():
+                    log.info("heartbeat stored again; unfenced", extra={"event": "node.unfenced"})
+                self._last_beat = time.monotonic()
             except BrokerUnavailable as exc:
                 log.warning(
                     "heartbeat not written: %s", exc, extra={"event": "node.heartbeat_failed"}
@@ -313,17 +332,22 @@ class Node:
 
 
 async def serve_node(settings: Settings, node_id: str | None = None) -> None:
-    """Run one node until SIGTERM/SIGINT, then drain and exit."""
+    """Run one node until SIGTERM/SIGINT (or a drain request), then drain and exit."""
     async with connection(settings, f"orderflow-node-{os.getpid()}") as nc:
         node = await start_node(settings, nc, node_id)
-        loop = asyncio.get_running_loop()
+        async with node_service(nc, node):
+            await _run_until_signalled(node)
+
+
+async def _run_until_signalled(node: Node) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.drain)
+    try:
+        await node.run()
+    finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, node.drain)
-        try:
-            await node.run()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(sig)
 
 
 async def start_node(settings: Settings, nc: NATS, node_id: str | None = None) -> Node:

@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -47,6 +48,21 @@ class HandBack(Exception):
     """Raised between steps when the node drains."""
 
 
+class Fenced(Exception):
+    """Raised between steps when the node could not heart-beat for longer than its lease:
+    others will take its orders over, so it must not advance them."""
+
+
+class Observer:
+    """Hooks for metrics; this base does nothing. Called on the hot path: keep them cheap."""
+
+    def step_finished(self, step: str, seconds: float, outcome: str) -> None:
+        """A step's action ended: ``outcome`` is ``completed`` or ``failed``."""
+
+    def order_finished(self, status: str, failed_step: str | None, latency: float) -> None:
+        """An order reached ``completed`` or ``failed``, ``latency`` seconds after submit."""
+
+
 class Worker:
     """What every order run on a node shares: identity, settings, store, steps and counters."""
 
@@ -60,6 +76,8 @@ class Worker:
         ack_wait: float,
         draining: asyncio.Event,
         pulls_closed: asyncio.Event,
+        fenced: Callable[[], bool] = lambda: False,
+        observer: Observer | None = None,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -68,6 +86,8 @@ class Worker:
         self.lease = lease
         self.draining = draining
         self.pulls_closed = pulls_closed
+        self.fenced = fenced
+        self.observer = observer or Observer()
         # Keep the message and the lease alive well inside their limits.
         self.keepalive_interval = min(ack_wait, lease) / 3
         self.short_steps = steps.seconds * 2 < self.keepalive_interval
@@ -149,12 +169,17 @@ class OrderRun:
             return Outcome.ABANDONED
         except HandBack:
             return await self._hand_back(order)
+        except Fenced:
+            self._log(logging.WARNING, "fenced: not advancing the order", "order.fenced")
+            return Outcome.ABANDONED
         return outcome
 
     async def _advance(self, order: Order) -> Outcome:
         while (step := lifecycle.next_step(order)) is not None:
             if self.w.draining.is_set():
                 raise HandBack
+            if self.w.fenced():
+                raise Fenced
             now = utcnow()
             lifecycle.start_step(order, step, self.w.node_id, now)
             lifecycle.renew(order, now, self.w.lease)
@@ -189,11 +214,14 @@ class OrderRun:
             span.set_attribute("orderflow.step", step.name)
             span.set_attribute("orderflow.attempt", step.attempt)
             span.set_attribute("orderflow.epoch", call.epoch)
+            started = time.monotonic()
             try:
                 await self._with_keepalive(order, self.w.steps.action(call, order.fail_at))
             except StepFailed as exc:
                 span.set_status(Status(StatusCode.ERROR, exc.reason))
+                self.w.observer.step_finished(step.name, time.monotonic() - started, "failed")
                 raise
+            self.w.observer.step_finished(step.name, time.monotonic() - started, "completed")
 
     async def _fail(self, order: Order, step: StepRecord, reason: str) -> Outcome:
         now = utcnow()
@@ -234,8 +262,12 @@ class OrderRun:
 
     async def _finish(self, order: Order) -> None:
         """Store the terminal state, then ack: shielded so a shutdown cannot cut in between."""
-        lifecycle.finish(order, utcnow())
+        now = utcnow()
+        lifecycle.finish(order, now)
         await self._save(order)
+        failed_step = order.failure.step if order.failure else None
+        latency = (now - order.start_time).total_seconds()
+        self.w.observer.order_finished(order.status, failed_step, latency)
         try:
             await self._ack()
         except BrokerUnavailable as exc:

@@ -135,3 +135,39 @@ async def test_sigterm_hands_orders_back_at_once(
         assert order.steps[0].attempt == 1
         assert {s.node_id for s in order.steps[1:]} == {"node-b"}
         assert_history_sane(await broker.store.history(order.order_id))
+
+
+async def test_paused_node_does_not_overwrite_after_takeover(
+    slow_settings: Settings, broker: Broker, node_processes: NodeProcesses
+) -> None:
+    """A node frozen past its lease comes back to find the order taken: it writes nothing."""
+    node_processes.settings = slow_settings
+    a = node_processes.start("node-a")
+    await wait_registered(broker, a)
+    order_id = await submit(broker.intake)
+    await wait_step(broker, order_id, 1, "node-a")
+    b = node_processes.start("node-b")
+    await wait_registered(broker, b)
+    a.signal(signal.SIGSTOP)
+    try:
+        await wait_for(lambda: _logged(b, "order.takeover", order_id), within=20)
+        before = await broker.store.get(order_id)
+    finally:
+        a.signal(signal.SIGCONT)
+    order = await wait_terminal(broker.store, order_id, within=30)
+    await wait_for(lambda: _logged_any(a, ("order.lost", "order.fenced"), order_id), within=20)
+    assert order.status == "completed"
+    assert order.owner is not None
+    assert order.owner.node_id == "node-b"
+    assert order.owner.epoch == 2
+    history = assert_history_sane(await broker.store.history(order_id))
+    assert before.revision is not None
+    after_takeover = [d for d in history if (d.revision or 0) > before.revision]
+    for doc in after_takeover:
+        assert doc.owner is not None
+        assert doc.owner.node_id == "node-b", "node-a wrote after losing the order"
+
+
+async def _logged_any(node: NodeProcess, events: tuple[str, ...], order_id: str) -> bool:
+    lines = node.log_lines()
+    return any(e in line and order_id in line for e in events for line in lines)
