@@ -10,19 +10,31 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
 from api.broker_link import STATE_KEY, BrokerLink
+from api.metrics import METRICS_KEY, ApiMetrics
 from api.problems import EXCEPTION_HANDLERS
 from api.routes import ROUTE_HANDLERS
+from api.routes.metrics import metrics as metrics_route
 from api.schemas import MAX_BODY_BYTES
+from api.tracing import tracing_middleware, tracing_plugin
 from nodeapp import __version__
 from nodeapp.settings import Settings
+from nodeapp.tracing import recording
 
 
-def create_app(settings: Settings) -> Litestar:
-    """The api for ``settings``; its lifespan connects to the broker in the background."""
+def create_app(settings: Settings, *, traced: bool | None = None) -> Litestar:
+    """The api for ``settings``; its lifespan connects to the broker in the background.
+
+    ``traced`` adds server spans; by default, when a tracer provider is installed. Without one
+    (no ``OTEL_EXPORTER_OTLP_ENDPOINT``) requests pay nothing for tracing.
+    """
     link = BrokerLink(settings)
+    metrics = ApiMetrics(link)
+    traced = recording() if traced is None else traced
     return Litestar(
-        route_handlers=ROUTE_HANDLERS,
-        state=State({STATE_KEY: link}),
+        route_handlers=[*ROUTE_HANDLERS, metrics_route],
+        state=State({STATE_KEY: link, METRICS_KEY: metrics}),
+        middleware=[metrics.middleware, *([tracing_middleware()] if traced else [])],
+        plugins=[tracing_plugin()] if traced else [],
         lifespan=[link.lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,

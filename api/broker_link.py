@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nodeapp.broker import connection, jetstream
 from nodeapp.errors import BrokerUnavailable
 from nodeapp.intake import Intake
-from nodeapp.resources import ensure_resources
+from nodeapp.resources import Buckets, ensure_resources
 from nodeapp.settings import Settings
 from nodeapp.store import OrderStore
 
@@ -40,6 +40,7 @@ class _Handles(msgspec.Struct, frozen=True):
 
     nc: NATS
     js: JetStreamContext
+    buckets: Buckets
     store: OrderStore
     intake: Intake
 
@@ -59,8 +60,14 @@ class BrokerLink:
             raise BrokerUnavailable("connection to the broker lost; reconnecting")
         return handles
 
+    def connection(self) -> NATS:
+        return self._up().nc
+
     def jetstream(self) -> JetStreamContext:
         return self._up().js
+
+    def buckets(self) -> Buckets:
+        return self._up().buckets
 
     def store(self) -> OrderStore:
         return self._up().store
@@ -99,7 +106,8 @@ class BrokerLink:
             js = jetstream(nc, self.settings)
             buckets = await ensure_resources(js, self.settings)
             store = OrderStore(buckets.orders)
-            self._handles = _Handles(nc, js, store, Intake(js, store, buckets.idempotency))
+            intake = Intake(js, store, buckets.idempotency)
+            self._handles = _Handles(nc, js, buckets, store, intake)
             log.info("broker link ready", extra={"event": "api.broker_ready"})
             try:
                 await asyncio.Event().wait()  # hold the connection until cancelled

@@ -20,11 +20,16 @@ from litestar.types import ExceptionHandlersMap
 from api.schemas import Problem, ProblemFieldError
 from nodeapp.errors import (
     BrokerUnavailable,
+    DeadLetterNotFound,
     FieldError,
     IdempotencyConflict,
     InvalidOrder,
+    NodeNotFound,
+    NodeUnresponsive,
+    NotReplayable,
     OrderflowError,
     OrderNotFound,
+    ResourceMissing,
 )
 
 log = logging.getLogger("orderflow.api")
@@ -36,11 +41,14 @@ _TYPES: Final = {
     400: "malformed-request",
     404: "not-found",
     405: "method-not-allowed",
+    409: "conflict",
     413: "body-too-large",
     415: "unsupported-media-type",
     422: "validation",
     500: "internal-error",
+    502: "bad-gateway",
     503: "unavailable",
+    504: "gateway-timeout",
 }
 _encoder: Final = msgspec.json.Encoder()
 
@@ -101,6 +109,35 @@ def _order_not_found(request: AnyRequest, exc: OrderNotFound) -> Response[bytes]
     return problem_response(request, 404, str(exc))
 
 
+def _node_not_found(request: AnyRequest, exc: NodeNotFound) -> Response[bytes]:
+    return problem_response(request, 404, str(exc))
+
+
+def _dead_letter_not_found(request: AnyRequest, exc: DeadLetterNotFound) -> Response[bytes]:
+    return problem_response(request, 404, str(exc))
+
+
+def _not_replayable(request: AnyRequest, exc: NotReplayable) -> Response[bytes]:
+    return problem_response(request, 409, str(exc), type_=problem_type(409, "not-replayable"))
+
+
+def _node_unresponsive(request: AnyRequest, exc: NodeUnresponsive) -> Response[bytes]:
+    return problem_response(
+        request, exc.status, str(exc), type_=problem_type(exc.status, "node-unresponsive")
+    )
+
+
+def _resource_missing(request: AnyRequest, exc: ResourceMissing) -> Response[bytes]:
+    log.warning("answered 503: %s", exc, extra={"event": "api.resource_missing"})
+    return problem_response(
+        request,
+        503,
+        str(exc),
+        type_=problem_type(503, "resource-missing"),
+        headers={"Retry-After": "5"},
+    )
+
+
 def _idempotency_conflict(request: AnyRequest, exc: IdempotencyConflict) -> Response[bytes]:
     return problem_response(
         request,
@@ -151,6 +188,11 @@ def _unexpected(request: AnyRequest, exc: Exception) -> Response[bytes]:
 EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     BrokerUnavailable: _broker_unavailable,
     OrderNotFound: _order_not_found,
+    NodeNotFound: _node_not_found,
+    NodeUnresponsive: _node_unresponsive,
+    DeadLetterNotFound: _dead_letter_not_found,
+    NotReplayable: _not_replayable,
+    ResourceMissing: _resource_missing,
     IdempotencyConflict: _idempotency_conflict,
     InvalidOrder: _invalid_order,
     OrderflowError: _orderflow_error,

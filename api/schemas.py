@@ -76,15 +76,17 @@ def field_error(message: str) -> FieldError:
 
 
 def _semantic_errors(request: OrderRequest, fault_injection: bool) -> list[FieldError]:
-    """Rules msgspec constraints cannot express: decimal precision, and ``fail_at``."""
+    """Rules msgspec constraints cannot express: decimal precision, and the fault injections."""
     errors = []
     if (problem := amount_problem(request.amount)) is not None:
         errors.append(FieldError("amount", problem))
-    if request.fail_at is not None:
+    for name, step in (("fail_at", request.fail_at), ("poison_at", request.poison_at)):
+        if step is None:
+            continue
         if not fault_injection:
-            errors.append(FieldError("fail_at", "fault injection is disabled"))
-        elif request.fail_at not in STEP_NAMES:
-            errors.append(FieldError("fail_at", f"must be one of {', '.join(STEP_NAMES)}"))
+            errors.append(FieldError(name, "fault injection is disabled"))
+        elif step not in STEP_NAMES:
+            errors.append(FieldError(name, f"must be one of {', '.join(STEP_NAMES)}"))
     return errors
 
 

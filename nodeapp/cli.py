@@ -1,4 +1,6 @@
-"""The ``orderflow`` command: ``up`` (all-in-one), ``api``, ``node``, ``init``.
+"""The ``orderflow`` command: ``up`` (all-in-one), ``api``, ``node``, ``init``, and the
+operator's client commands (``order``, ``cluster``, ``node drain``, ``inspect``) from
+``nodeapp.opsparser`` and ``nodeapp.opscli``.
 
 Flags mirror the environment variables (a flag wins over its variable); errors are one clear
 line on stderr and a non-zero exit code, never a traceback.
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nodeapp import __version__
+from nodeapp import __version__, opsparser
 from nodeapp.errors import OrderflowError
 from nodeapp.logs import configure_logging
 from nodeapp.settings import Settings, load_settings
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     node = sub.add_parser("node", parents=[parent], help="run a worker node")
     node.add_argument("--node-id", default=None, help="node id (default: host-pid-random)")
     sub.add_parser("init", parents=[parent], help="create the streams, consumer and buckets")
+    opsparser.add_commands(sub, node)
     return parser
 
 
@@ -113,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings, argv: list[str]) -> int:
+    if opsparser.handles(args):
+        from nodeapp import opscli
+
+        return opscli.run(args, settings)
     if args.command == "node":
         from nodeapp.node import serve_node
         from nodeapp.tracing import configure_tracing, shutdown_tracing

@@ -11,6 +11,11 @@ import re
 from typing import Final
 
 import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from nodeapp.broker import broker_errors
+from nodeapp.errors import NodeUnresponsive
 
 CONTROL_PREFIX: Final = "orderflow.node"
 NODE_ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,128}$"
@@ -41,3 +46,30 @@ _reply_decoder: Final = msgspec.json.Decoder(DrainReply)
 
 def decode_drain_reply(data: bytes) -> DrainReply:
     return _reply_decoder.decode(data)
+
+
+SERVICE_ERROR_HEADER: Final = "Nats-Service-Error"  # set by nats.micro when a handler fails
+
+
+async def request_drain(nc: NATS, node_id: str, within: float) -> DrainReply:
+    """Ask the node to drain and return its answer.
+
+    ``NodeUnresponsive`` says why there is none: 503 nobody listens on the subject, 504 no
+    answer within ``within`` seconds, 502 an error or an unreadable answer. A broker outage is
+    ``BrokerUnavailable``. Whether the node exists at all is the caller's question (the registry).
+    """
+    subject = drain_subject(node_id)
+    with broker_errors(f"asking node {node_id} to drain"):
+        try:
+            msg = await nc.request(subject, b"", timeout=within)
+        except nats.errors.NoRespondersError:
+            raise NodeUnresponsive(node_id, "does not answer drain requests", 503) from None
+        except nats.errors.TimeoutError:
+            raise NodeUnresponsive(node_id, f"did not answer within {within:g}s", 504) from None
+    error = (msg.headers or {}).get(SERVICE_ERROR_HEADER)
+    if error:
+        raise NodeUnresponsive(node_id, f"refused to drain: {error}", 502)
+    try:
+        return decode_drain_reply(msg.data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise NodeUnresponsive(node_id, f"sent an unreadable drain reply: {exc}", 502) from None

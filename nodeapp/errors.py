@@ -12,7 +12,9 @@
     ├── InvalidOrder         input that cannot become an order; carries per-field errors (4xx)
     ├── ResourceMissing      a stream, consumer or bucket is gone (HTTP 503 until recreated)
     ├── NodeNotFound         no live node with that id in the registry (HTTP 404)
-    └── NodeUnresponsive     a registered node did not answer a control request (HTTP 502-504)
+    ├── NodeUnresponsive     a registered node did not answer a control request (HTTP 502-504)
+    ├── DeadLetterNotFound   no dead letter in ORDERS_DLQ for that order id (HTTP 404)
+    └── NotReplayable        a dead letter whose order cannot resume: terminal, no document (409)
 
 Callers catch meaning, not library types; ``api.problems`` is the one place mapping these to HTTP.
 """
@@ -103,3 +105,18 @@ class NodeUnresponsive(OrderflowError):
         self.node_id = node_id
         self.reason = reason
         self.status = status
+
+
+class DeadLetterNotFound(OrderflowError):
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"no dead letter for order {order_id}")
+        self.order_id = order_id
+
+
+class NotReplayable(OrderflowError):
+    """The dead letter stays where it is: replaying it could not make the order progress."""
+
+    def __init__(self, order_id: str, reason: str) -> None:
+        super().__init__(f"order {order_id} cannot be replayed: {reason}")
+        self.order_id = order_id
+        self.reason = reason

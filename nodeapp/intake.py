@@ -29,7 +29,7 @@ from nodeapp.errors import (
 from nodeapp.model import Item, Order, WorkMessage, encode, new_order, new_order_id
 from nodeapp.resources import WORK_SUBJECT
 from nodeapp.store import OrderStore
-from nodeapp.tracing import inject_headers
+from nodeapp.tracing import inject_headers, publish_span
 
 log = logging.getLogger("orderflow.intake")
 
@@ -52,6 +52,7 @@ class OrderRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     items: Annotated[list[ItemRequest], msgspec.Meta(min_length=1, max_length=100)]
     amount: Decimal | None = None
     fail_at: str | None = None
+    poison_at: str | None = None
 
 
 def amount_problem(amount: Decimal | None) -> str | None:
@@ -148,6 +149,7 @@ class Intake:
             [Item(i.product_id, i.quantity) for i in request.items],
             request.amount,
             fail_at=request.fail_at,
+            poison_at=request.poison_at,
             idempotency_key=key,
         )
         revision = await self.store.create(order)
@@ -160,9 +162,10 @@ class Intake:
 
     async def publish(self, order_id: str) -> None:
         """Publish the order's work message; the broker drops a duplicate within its window."""
-        headers = inject_headers({"Nats-Msg-Id": order_id})
-        with broker_errors(f"publishing order {order_id}"):
-            await self.js.publish(WORK_SUBJECT, encode(WorkMessage(order_id)), headers=headers)
+        with publish_span(WORK_SUBJECT, order_id):
+            headers = inject_headers({"Nats-Msg-Id": order_id})
+            with broker_errors(f"publishing order {order_id}"):
+                await self.js.publish(WORK_SUBJECT, encode(WorkMessage(order_id)), headers=headers)
 
     async def _withdraw(self, order_id: str, revision: int) -> None:
         try:

@@ -7,6 +7,7 @@ get defaults and decoders ignore unknown fields, so old and new nodes can mix in
 from __future__ import annotations
 
 import os
+import re
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -52,6 +53,15 @@ class Owner(msgspec.Struct):
     epoch: int
 
 
+class DeadLetterMark(msgspec.Struct):
+    """Why and when the order's work message was moved to ``ORDERS_DLQ``: while set, nodes and
+    the reconciler leave the order parked until an operator replays it."""
+
+    reason: str
+    time: datetime
+    deliveries: int | None = None
+
+
 class Order(msgspec.Struct):
     """The order document. ``revision`` is filled from the KV entry on read; stored as null."""
 
@@ -70,11 +80,18 @@ class Order(msgspec.Struct):
     revision: int | None = None
     fail_at: str | None = None
     idempotency_key: str | None = None
-    dead_letter: str | None = None
+    # A bare string is the reason alone, as documents written before the mark had fields.
+    dead_letter: DeadLetterMark | str | None = None
+    poison_at: str | None = None
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def dead_letter_reason(self) -> str | None:
+        mark = self.dead_letter
+        return mark.reason if isinstance(mark, DeadLetterMark) else mark
 
 
 class WorkMessage(msgspec.Struct):
@@ -90,6 +107,7 @@ def new_order(
     amount: Decimal | None,
     *,
     fail_at: str | None = None,
+    poison_at: str | None = None,
     idempotency_key: str | None = None,
     now: datetime | None = None,
 ) -> Order:
@@ -105,6 +123,7 @@ def new_order(
         amount=amount,
         steps=[StepRecord(name=name) for name in STEP_NAMES],
         fail_at=fail_at,
+        poison_at=poison_at,
         idempotency_key=idempotency_key,
     )
 
@@ -136,6 +155,12 @@ def decode_work(data: bytes) -> WorkMessage:
 # keys and in URLs.
 _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 ORDER_ID_PATTERN: Final = r"^[0-9A-HJKMNP-TV-Z]{26}$"
+_ORDER_ID: Final = re.compile(ORDER_ID_PATTERN)
+
+
+def is_order_id(text: str) -> bool:
+    """Whether ``text`` could name an order (and so is safe as a KV key and a subject token)."""
+    return _ORDER_ID.fullmatch(text) is not None
 
 
 def new_order_id() -> str:

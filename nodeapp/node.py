@@ -15,9 +15,9 @@ import os
 import secrets
 import signal
 import socket
+import string
 import time
-from datetime import datetime
-from typing import Final, Literal
+from typing import Final
 
 import msgspec
 import nats.errors
@@ -26,11 +26,17 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from nodeapp import __version__
+from nodeapp.advisories import watch_max_deliveries
 from nodeapp.broker import ANY_NATS_ERROR, broker_errors, connection, jetstream
+from nodeapp.control import is_node_id
 from nodeapp.deadletter import dead_letter
-from nodeapp.errors import BrokerUnavailable
+from nodeapp.errors import BrokerUnavailable, OrderflowError
+from nodeapp.membership import Heartbeat
+from nodeapp.metrics import NodeMetrics
 from nodeapp.model import decode_work, encode, utcnow
+from nodeapp.ops import ops_listener
 from nodeapp.pipeline import Observer, OrderRun, Outcome, Worker
+from nodeapp.reconciler import Reconciler
 from nodeapp.resources import (
     ORDERS_STREAM,
     WORKERS_CONSUMER,
@@ -51,25 +57,15 @@ RETRY_PAUSE: Final = 0.5
 
 
 def make_node_id() -> str:
-    """Unique per process start: a restarted node is a new node (and a new lease epoch)."""
-    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:40]
+    """Unique per process start: a restarted node is a new node (and a new lease epoch).
+
+    Only ``[A-Za-z0-9_-]``: the id is a KV key and a single subject token (drain requests).
+    """
+    host = "".join(c if c in _ID_CHARS else "-" for c in socket.gethostname())[:40]
     return f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
-class Heartbeat(msgspec.Struct):
-    """The value under the node's key in the ``nodes`` bucket."""
-
-    node_id: str
-    host: str
-    pid: int
-    version: str
-    started_at: datetime
-    state: Literal["active", "draining"]
-    concurrency: int
-    in_flight: int
-    ops_url: str | None
-    counters: NodeStats
-    updated_at: datetime
+_ID_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-_")
 
 
 class Node:
@@ -82,11 +78,16 @@ class Node:
         buckets: Buckets,
         node_id: str | None = None,
         observer: Observer | None = None,
+        *,
+        nc: NATS,
     ) -> None:
         self.settings = settings
+        self.nc = nc
         self.js = js
         self.buckets = buckets
         self.node_id = node_id or make_node_id()
+        if not is_node_id(self.node_id):
+            raise OrderflowError(f"invalid node id {self.node_id!r}: use 1-128 of A-Z a-z 0-9 _ -")
         self.started_at = utcnow()
         self.stats = NodeStats()
         self.draining = asyncio.Event()
@@ -131,8 +132,19 @@ class Node:
     async def run(self) -> None:
         with broker_errors("binding consumer"):
             sub = await self.js.pull_subscribe_bind(durable=WORKERS_CONSUMER, stream=ORDERS_STREAM)
+        # Listening before the first pull: JetStream reports an exhausted message on a pull.
+        store = self.worker.store
+        async with watch_max_deliveries(self.nc, self.js, store, self.stats, self.node_id):
+            await self._run(sub)
+
+    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
         stopped = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat_loop(stopped), name="heartbeat")
+        reconciler = Reconciler(
+            self.settings, self.js, self.buckets.reconciler, self.node_id, self.stats
+        )
+        # A draining node stops competing for (and resigns) the reconciler's lead.
+        reconciling = asyncio.create_task(reconciler.run(self.draining), name="reconciler")
         log.info(
             "node started",
             extra={
@@ -146,7 +158,9 @@ class Node:
             await self._close_pulls(sub)
             await self._finish_runs()
         finally:
+            self.draining.set()
             stopped.set()
+            await reconciling
             await heartbeat
             await self._leave_registry()
             with contextlib.suppress(*ANY_NATS_ERROR):
@@ -334,8 +348,11 @@ class Node:
 async def serve_node(settings: Settings, node_id: str | None = None) -> None:
     """Run one node until SIGTERM/SIGINT (or a drain request), then drain and exit."""
     async with connection(settings, f"orderflow-node-{os.getpid()}") as nc:
-        node = await start_node(settings, nc, node_id)
-        async with node_service(nc, node):
+        metrics = NodeMetrics()
+        node = await start_node(settings, nc, node_id, observer=metrics.observer)
+        metrics.attach(node)
+        # The ops listener first: it sets node.ops_url, which the micro service advertises.
+        async with ops_listener(settings, node, nc, metrics), node_service(nc, node):
             await _run_until_signalled(node)
 
 
@@ -350,7 +367,9 @@ async def _run_until_signalled(node: Node) -> None:
             loop.remove_signal_handler(sig)
 
 
-async def start_node(settings: Settings, nc: NATS, node_id: str | None = None) -> Node:
+async def start_node(
+    settings: Settings, nc: NATS, node_id: str | None = None, observer: Observer | None = None
+) -> Node:
     js = jetstream(nc, settings)
     buckets = await ensure_resources_patiently(js, settings)
-    return Node(settings, js, buckets, node_id)
+    return Node(settings, js, buckets, node_id, observer, nc=nc)

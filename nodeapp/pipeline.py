@@ -42,6 +42,7 @@ class Outcome(enum.Enum):
     LOST = "lost"  # a compare-and-set lost: someone else owns the order
     ABANDONED = "abandoned"  # the broker went away mid-order
     NO_DOCUMENT = "no_document"
+    PARKED = "parked"  # dead-lettered: waits for a replay, not for a stray message
 
 
 class HandBack(Exception):
@@ -107,7 +108,13 @@ class OrderRun:
 
     def _log(self, level: int, message: str, event: str, **fields: Any) -> None:
         if log.isEnabledFor(level):
-            extra = {"event": event, "order_id": self.order_id, "node_id": self.w.node_id}
+            extra = {
+                "event": event,
+                "order_id": self.order_id,
+                "node_id": self.w.node_id,
+                "step": None,
+                "attempt": None,
+            }
             extra.update(fields)
             log.log(level, message, extra=extra)
 
@@ -118,6 +125,7 @@ class OrderRun:
         ) as span:
             span.set_attribute("messaging.system", "nats")
             span.set_attribute("messaging.destination.name", "orders.work")
+            span.set_attribute("messaging.message.id", self.order_id)
             span.set_attribute("orderflow.order_id", self.order_id)
             span.set_attribute("orderflow.node_id", self.w.node_id)
             outcome = await self._run()
@@ -135,6 +143,12 @@ class OrderRun:
         if order.terminal:
             await self._ack()
             return Outcome.ALREADY_DONE
+        if order.dead_letter is not None:
+            # A message published before the order was dead-lettered (a re-drive, say): running
+            # it would repeat what exhausted the last one. ``POST /dlq/{id}/replay`` resumes it.
+            await self._ack()
+            self._log(logging.INFO, "dead-lettered; message dropped", "order.parked")
+            return Outcome.PARKED
         now = utcnow()
         holder = lifecycle.live_owner(order, now)
         if holder is not None and holder.node_id != self.w.node_id:
@@ -211,17 +225,27 @@ class OrderRun:
         assert order.owner is not None
         call = StepCall(self.order_id, step.name, order.owner.epoch, step.attempt)
         with tracer.start_as_current_span(f"step {step.name}") as span:
-            span.set_attribute("orderflow.step", step.name)
-            span.set_attribute("orderflow.attempt", step.attempt)
-            span.set_attribute("orderflow.epoch", call.epoch)
+            span.set_attributes(self._span_attributes(call))
             started = time.monotonic()
             try:
-                await self._with_keepalive(order, self.w.steps.action(call, order.fail_at))
+                action = self.w.steps.action(call, order.fail_at, order.poison_at)
+                await self._with_keepalive(order, action)
             except StepFailed as exc:
+                span.set_attribute("orderflow.outcome", "failed")
                 span.set_status(Status(StatusCode.ERROR, exc.reason))
                 self.w.observer.step_finished(step.name, time.monotonic() - started, "failed")
                 raise
+            span.set_attribute("orderflow.outcome", "completed")
             self.w.observer.step_finished(step.name, time.monotonic() - started, "completed")
+
+    def _span_attributes(self, call: StepCall) -> dict[str, str | int]:
+        return {
+            "orderflow.order_id": call.order_id,
+            "orderflow.step": call.step,
+            "orderflow.node_id": self.w.node_id,
+            "orderflow.attempt": call.attempt,
+            "orderflow.epoch": call.epoch,
+        }
 
     async def _fail(self, order: Order, step: StepRecord, reason: str) -> Outcome:
         now = utcnow()
@@ -253,12 +277,19 @@ class OrderRun:
         assert order.owner is not None
         call = StepCall(self.order_id, step.name, order.owner.epoch, step.attempt)
         with tracer.start_as_current_span(f"compensate {step.name}") as span:
-            span.set_attribute("orderflow.step", step.name)
+            span.set_attributes(self._span_attributes(call))
             await self._with_keepalive(order, self.w.steps.compensate(call))
+            span.set_attribute("orderflow.outcome", "rolled_back")
         now = utcnow()
         lifecycle.compensated(step, now)
         lifecycle.renew(order, now, self.w.lease)
-        self._log(logging.INFO, f"{step.name} rolled back", "step.rolled_back", step=step.name)
+        self._log(
+            logging.INFO,
+            f"{step.name} rolled back",
+            "step.rolled_back",
+            step=step.name,
+            attempt=step.attempt,
+        )
 
     async def _finish(self, order: Order) -> None:
         """Store the terminal state, then ack: shielded so a shutdown cannot cut in between."""

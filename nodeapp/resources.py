@@ -34,10 +34,13 @@ ORDERS_STREAM: Final = "ORDERS"
 WORK_SUBJECT: Final = "orders.work"
 WORKERS_CONSUMER: Final = "workers"
 DLQ_STREAM: Final = "ORDERS_DLQ"
-DLQ_SUBJECT: Final = "orders.dlq"
+DLQ_PREFIX: Final = "orders.dlq."  # + the order id, so one order's dead letter is found by subject
+DLQ_SUBJECTS: Final = f"{DLQ_PREFIX}>"
+LEGACY_DLQ_SUBJECT: Final = "orders.dlq"  # before ADR 0006: kept on streams that had it
 ORDERS_BUCKET: Final = "orders"
 NODES_BUCKET: Final = "nodes"
 IDEMPOTENCY_BUCKET: Final = "idempotency"
+RECONCILER_BUCKET: Final = "reconciler"
 
 DUPLICATE_WINDOW: Final = 120.0
 NODE_TTL: Final = 10.0
@@ -50,6 +53,7 @@ class Buckets(msgspec.Struct, frozen=True):
     orders: KeyValue
     nodes: KeyValue
     idempotency: KeyValue
+    reconciler: KeyValue
 
 
 def consumer_config(settings: Settings) -> ConsumerConfig:
@@ -88,6 +92,7 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             raise _refused(f"stream {config.name}", exc) from None
         # It exists with another config: keep what the operator has, but say what differs.
         info = await js.stream_info(str(config.name))
+        await _add_missing_subjects(js, info.config, config)
         if info.config.num_replicas != config.num_replicas:
             log.warning(
                 "stream %s has %s replicas, settings ask for %s; leaving it as it is",
@@ -96,6 +101,26 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             )  # fmt: skip
     except nats.js.errors.APIError as exc:
         raise _refused(f"stream {config.name}", exc) from None
+
+
+async def _add_missing_subjects(
+    js: JetStreamContext, current: StreamConfig, wanted: StreamConfig
+) -> None:
+    """Add subjects a newer version listens on (``orders.dlq.>``), keeping the stream's others,
+    so a stream created by an older version keeps accepting what this one publishes."""
+    have = list(current.subjects or [])
+    missing = [s for s in wanted.subjects or [] if s not in have]
+    if not missing:
+        return
+    current.subjects = have + missing
+    try:
+        await js.update_stream(current)
+    except nats.js.errors.APIError as exc:
+        raise _refused(f"adding subjects {missing} to stream {current.name}", exc) from None
+    log.warning(
+        "stream %s: added subjects %s, kept %s", current.name, missing, have,
+        extra={"event": "resources.subjects_added"},
+    )  # fmt: skip
 
 
 async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
@@ -135,7 +160,7 @@ async def ensure_resources(js: JetStreamContext, settings: Settings) -> Buckets:
             StreamConfig(
                 name=DLQ_STREAM,
                 description="orderflow dead letters, kept for inspection and replay",
-                subjects=[DLQ_SUBJECT],
+                subjects=[DLQ_SUBJECTS],
                 retention=RetentionPolicy.LIMITS,
                 storage=storage,
                 num_replicas=settings.replicas,
@@ -178,7 +203,17 @@ async def ensure_resources(js: JetStreamContext, settings: Settings) -> Buckets:
                 replicas=settings.replicas,
             ),
         )
-    return Buckets(orders=orders, nodes=nodes, idempotency=idempotency)
+        reconciler = await _ensure_bucket(
+            js,
+            KeyValueConfig(
+                bucket=RECONCILER_BUCKET,
+                description="orderflow reconciler: leader lease and checkpoint",
+                history=1,
+                storage=storage,
+                replicas=settings.replicas,
+            ),
+        )
+    return Buckets(orders=orders, nodes=nodes, idempotency=idempotency, reconciler=reconciler)
 
 
 async def ensure_resources_patiently(
@@ -207,4 +242,5 @@ async def open_buckets(js: JetStreamContext) -> Buckets:
             orders=await js.key_value(ORDERS_BUCKET),
             nodes=await js.key_value(NODES_BUCKET),
             idempotency=await js.key_value(IDEMPOTENCY_BUCKET),
+            reconciler=await js.key_value(RECONCILER_BUCKET),
         )

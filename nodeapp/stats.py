@@ -16,4 +16,5 @@ class NodeStats(msgspec.Struct):
     handed_back: int = 0
     abandoned: int = 0
     dead_lettered: int = 0
+    reconciled: int = 0
     errors: int = 0

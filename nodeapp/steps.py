@@ -1,7 +1,9 @@
 """The four steps' actions and compensations (simulated work).
 
 Each action sleeps for the configured duration and fails with the configured probability, or
-always when the order asks for it (``fail_at``, with fault injection on). The failure draw is a
+always when the order asks for it (``fail_at``, with fault injection on). ``poison_at`` (fault
+injection on) kills the node process outright when the order reaches that step: a real poison
+order, which crashes every node that takes it until it is dead-lettered. The failure draw is a
 hash of (order id, step): re-running a step after a crash gives the same answer, so actions are
 idempotent, keyed by (order id, step). A real action would also get the lease ``epoch`` to refuse
 a stale owner at its side-effect (fencing).
@@ -11,10 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import os
+from typing import Final, NoReturn
 
 import msgspec
 
 from nodeapp.settings import Settings
+
+log = logging.getLogger("orderflow.steps")
+
+POISON_EXIT_CODE: Final = 70  # EX_SOFTWARE: the order, not the environment, killed the node
 
 
 class StepFailed(Exception):
@@ -49,13 +58,29 @@ class SimulatedSteps:
         self.failure_rate = settings.failure_rate
         self.fault_injection = settings.fault_injection
 
-    async def action(self, call: StepCall, fail_at: str | None) -> None:
+    async def action(
+        self, call: StepCall, fail_at: str | None, poison_at: str | None = None
+    ) -> None:
+        if self.fault_injection and poison_at == call.step:
+            self._die(call)
         if self.seconds > 0:
             await asyncio.sleep(self.seconds)
         if self.fault_injection and fail_at == call.step:
             raise StepFailed(call.step, "injected failure (fail_at)")
         if self.failure_rate > 0 and failure_draw(call.order_id, call.step) < self.failure_rate:
             raise StepFailed(call.step, "simulated failure")
+
+    @staticmethod
+    def _die(call: StepCall) -> NoReturn:
+        """Exit at once, as a segfault or an OOM kill would: no drain, no hand-back, no ack."""
+        log.critical(
+            "injected poison (poison_at): exiting %d",
+            POISON_EXIT_CODE,
+            extra={"event": "order.poisoned", "order_id": call.order_id, "step": call.step},
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(POISON_EXIT_CODE)
 
     async def compensate(self, call: StepCall) -> None:
         """Undo the step's effect; simulated as instantaneous and always successful."""

@@ -7,6 +7,7 @@ overwriting someone else's progress.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 import msgspec
@@ -75,6 +76,28 @@ class OrderStore:
             raise
         order.revision = revision
         return revision
+
+    async def modify(
+        self, order_id: str, change: Callable[[Order], bool], attempts: int = 5
+    ) -> Order:
+        """Read, ``change`` in place, compare-and-set; after a conflict, read and change again.
+
+        For small edits that stand whatever else was written meanwhile (a dead-letter mark),
+        never for driving an order. ``change`` returns False to write nothing. Returns the order
+        as stored; ``RevisionConflict`` if every attempt lost, ``OrderNotFound`` without one.
+        """
+        for attempt in range(1, attempts + 1):
+            order = await self.get(order_id)
+            if not change(order):
+                return order
+            try:
+                await self.update(order)
+            except RevisionConflict:
+                if attempt == attempts:
+                    raise
+                continue
+            return order
+        raise ValueError("modify() needs attempts >= 1")
 
     async def delete(self, order_id: str, revision: int) -> None:
         """Remove a document that must not be processed (a submit that failed half-way)."""

@@ -7,6 +7,7 @@ message carries the same headers).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 
@@ -41,6 +42,32 @@ def configure_tracing(default_service: str) -> bool:
     trace.set_tracer_provider(provider)
     _configured = True
     return True
+
+
+def recording() -> bool:
+    """Whether any real tracer provider is installed (ours or an auto-instrumentation's)."""
+    return not isinstance(
+        trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+    )
+
+
+def publish_span(subject: str, message_id: str) -> contextlib.AbstractContextManager[object]:
+    """The PRODUCER span around a publish; inject the headers inside it so the consumer's span
+    becomes its child. Without a tracer provider it is skipped outright: the api's submit path
+    is hot, and a no-op span still costs a context switch-in and -out."""
+    if not recording():
+        return contextlib.nullcontext()
+    return tracer.start_as_current_span(
+        f"{subject} publish",
+        kind=trace.SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.destination.name": subject,
+            "messaging.operation.type": "send",
+            "messaging.message.id": message_id,
+            "orderflow.order_id": message_id,
+        },
+    )
 
 
 def shutdown_tracing() -> None:

@@ -116,23 +116,36 @@ def _banner(api_url: str, server: NatsServer, data_dir: Path, nodes: int, s: Set
 
 
 async def _supervise(children: list[tuple[str, Proc]]) -> int:
-    """Wait for Ctrl-C / SIGTERM (exit 0) or for a child to die on its own (exit 1)."""
+    """Wait for Ctrl-C / SIGTERM (exit 0) or for a process to fail (exit 1).
+
+    A node that exits 0 was drained (``orderflow node drain``, ``POST /stop``): it left on
+    purpose, so the rest keeps running.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    waits = {asyncio.ensure_future(proc.wait()): name for name, proc in children}
+    waits = {asyncio.ensure_future(proc.wait()): (name, proc) for name, proc in children}
     stopper = asyncio.ensure_future(stop.wait())
     try:
-        done, _ = await asyncio.wait({stopper, *waits}, return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            done, _ = await asyncio.wait({stopper, *waits}, return_when=asyncio.FIRST_COMPLETED)
+            if stopper in done:
+                return 0
+            for task in done:
+                name, proc = waits.pop(task)
+                if name == "node" and proc.returncode == 0:
+                    print(f"orderflow up: node (pid {proc.pid}) drained and left", file=sys.stderr)
+                    continue
+                print(
+                    f"orderflow up: the {name} process exited unexpectedly "
+                    f"(code {proc.returncode})",
+                    file=sys.stderr,
+                )
+                return 1
     finally:
         for task in (stopper, *waits):
             task.cancel()
-    if stopper in done:
-        return 0
-    for task in done:
-        print(f"orderflow up: the {waits[task]} process exited unexpectedly", file=sys.stderr)
-    return 1
 
 
 async def _stop_children(children: list[tuple[str, Proc]], grace: float) -> None:

@@ -168,7 +168,8 @@ async def test_openapi_describes_the_order_body(api: httpx.AsyncClient) -> None:
     schema = submit["requestBody"]["content"]["application/json"]["schema"]
     assert schema == {"$ref": "#/components/schemas/OrderRequest"}
     order_request = doc["components"]["schemas"]["OrderRequest"]
-    assert set(order_request["properties"]) == {"customer_id", "items", "amount", "fail_at"}
+    properties = {"customer_id", "items", "amount", "fail_at", "poison_at"}
+    assert set(order_request["properties"]) == properties
     assert order_request["properties"]["items"]["maxItems"] == 100
     assert set(submit["responses"]) >= {"202", "400", "413", "415", "422", "503"}
     problem = submit["responses"]["422"]["content"]["application/problem+json"]["schema"]

@@ -7,7 +7,7 @@ import asyncio
 import msgspec
 
 from nodeapp.control import decode_drain_reply, drain_subject
-from nodeapp.node import Heartbeat
+from nodeapp.membership import Heartbeat
 from nodeapp.service import STATS_SUBJECT
 from tests.conftest import Broker
 from tests.processes import NodeProcesses

@@ -1,0 +1,97 @@
+"""``/cluster``: the live nodes and the backlog, one node, and draining a node remotely.
+
+Nodes are found in the ``nodes`` registry, never by address; a drain travels to the node over
+NATS request/reply (``nodeapp.control``), so the api needs no route to the node's host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final
+
+from litestar import Request, Response, get, post
+from litestar.params import FromPath
+
+from api.broker_link import broker_link
+from api.routes.openapi import BROKER_DOWN, json_spec, problem_spec
+from nodeapp.broker import broker_errors
+from nodeapp.clusterview import ClusterView, cluster_view, heartbeat
+from nodeapp.control import DrainReply, is_node_id, request_drain
+from nodeapp.errors import NodeNotFound, NodeUnresponsive
+from nodeapp.membership import Heartbeat
+from nodeapp.model import encode
+
+JSON: Final = "application/json"
+AnyRequest = Request[Any, Any, Any]
+
+
+@get(
+    "/cluster",
+    summary="Cluster state",
+    description=(
+        "Live nodes (their heartbeats from the KV bucket `nodes`), the work stream `ORDERS`, its "
+        "consumer `workers` (pending = backlog, ack pending = orders in flight), dead letters "
+        "and buckets; capacity and in_flight sum the listed nodes."
+    ),
+    responses={200: json_spec(ClusterView, "The cluster"), 503: BROKER_DOWN},
+)
+async def get_cluster(request: AnyRequest) -> Response[bytes]:
+    link = broker_link(request)
+    view = await cluster_view(link.jetstream(), link.buckets(), link.settings.request_timeout)
+    return Response(encode(view), media_type=JSON)
+
+
+async def _registered(request: AnyRequest, node_id: str) -> Heartbeat:
+    """The node's heartbeat, or ``NodeNotFound`` (also for ids no node could have)."""
+    if not is_node_id(node_id):
+        raise NodeNotFound(node_id)
+    link = broker_link(request)
+    with broker_errors(f"reading node {node_id}"):
+        async with asyncio.timeout(link.settings.request_timeout):
+            beat = await heartbeat(link.buckets().nodes, node_id)
+    if beat is None:
+        raise NodeNotFound(node_id)
+    return beat
+
+
+@get(
+    "/cluster/nodes/{node_id:str}",
+    summary="One node",
+    description="The node's latest heartbeat: state, concurrency, in-flight orders, counters.",
+    responses={
+        200: json_spec(Heartbeat, "The node's heartbeat"),
+        404: problem_spec("No live node with that id"),
+        503: BROKER_DOWN,
+    },
+)
+async def get_node(request: AnyRequest, node_id: FromPath[str]) -> Response[bytes]:
+    return Response(encode(await _registered(request, node_id)), media_type=JSON)
+
+
+@post(
+    "/cluster/nodes/{node_id:str}/drain",
+    status_code=202,
+    summary="Drain a node",
+    description=(
+        "Asks the node (over NATS, subject `orderflow.node.<id>.drain`) to stop taking work, "
+        "finish each order's current step, hand the rest back and exit. Answers once the node "
+        "has accepted; the node leaves `GET /cluster` when it is done."
+    ),
+    responses={
+        202: json_spec(DrainReply, "The node is draining"),
+        404: problem_spec("No live node with that id"),
+        502: problem_spec("The node refused or answered something unreadable"),
+        503: problem_spec("The node is registered but nothing answers its drain subject"),
+        504: problem_spec("The node is registered but did not answer in time"),
+    },
+)
+async def drain_node(request: AnyRequest, node_id: FromPath[str]) -> Response[bytes]:
+    if not is_node_id(node_id):
+        raise NodeNotFound(node_id)
+    link = broker_link(request)
+    try:
+        reply = await request_drain(link.connection(), node_id, link.settings.request_timeout)
+    except NodeUnresponsive:
+        await _registered(request, node_id)  # NodeNotFound when it is simply not there
+        raise
+    return Response(encode(reply), status_code=202, media_type=JSON)

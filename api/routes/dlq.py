@@ -1,0 +1,69 @@
+"""``/dlq``: the dead letters in ``ORDERS_DLQ``, and replaying one order's.
+
+An operator lists what was dead-lettered and why, removes the cause (a fix deployed, bad data
+corrected), then replays: the order resumes from where it stood (``nodeapp.dlq``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+from litestar import Request, Response, get, post
+from litestar.params import FromPath, Parameter
+
+from api.broker_link import broker_link
+from api.routes.openapi import BROKER_DOWN, json_spec, problem_spec
+from nodeapp.dlq import MAX_PAGE, DeadLetterPage, Replayed, list_dead_letters, replay
+from nodeapp.model import encode
+
+JSON: Final = "application/json"
+AnyRequest = Request[Any, Any, Any]
+
+
+@get(
+    "/dlq",
+    summary="Dead letters",
+    description=(
+        "Entries of the stream `ORDERS_DLQ`, newest first: the order, why it was dead-lettered "
+        "(`max deliveries reached (N)`, `no order document`, `undecodable work message: ...`), "
+        "how often it had been delivered, its sequence in `ORDERS` and when. Pass "
+        "`next_before` back as `before` for the next page."
+    ),
+    responses={
+        200: json_spec(DeadLetterPage, "A page of dead letters"),
+        400: problem_spec("A bad limit or before"),
+        503: BROKER_DOWN,
+    },
+)
+async def get_dead_letters(
+    request: AnyRequest,
+    limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE, description="entries per page")] = 50,
+    before: Annotated[
+        int | None, Parameter(ge=1, description="only entries with a lower sequence")
+    ] = None,
+) -> Response[bytes]:
+    page = await list_dead_letters(broker_link(request).jetstream(), limit, before)
+    return Response(encode(page), media_type=JSON)
+
+
+@post(
+    "/dlq/{order_id:str}/replay",
+    status_code=202,
+    summary="Replay a dead-lettered order",
+    description=(
+        "Clears the order's `dead_letter` mark (nothing else: it resumes from where it stood), "
+        "publishes a fresh work message and removes the order's dead letter. Remove the cause "
+        "first, or it comes back after `max_deliver` more deliveries."
+    ),
+    responses={
+        202: json_spec(Replayed, "The order is queued again"),
+        404: problem_spec("No dead letter for that order"),
+        409: problem_spec("The order is finished, or has no document: nothing to resume"),
+        503: BROKER_DOWN,
+    },
+)
+async def replay_dead_letter(request: AnyRequest, order_id: FromPath[str]) -> Response[bytes]:
+    link = broker_link(request)
+    replayed = await replay(link.jetstream(), link.store(), order_id)
+    headers = {"Location": f"/orders/{order_id}"}
+    return Response(encode(replayed), status_code=202, media_type=JSON, headers=headers)

@@ -1,0 +1,86 @@
+"""A node process's JSON log: one line per order transition, each with the order's ids.
+
+The node exports traces (to a local receiver), so each line carries the trace and span ids of
+the span it was written in, and the trace id is the one the order's spans were exported with.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from nodeapp.model import STEP_NAMES
+from tests.conftest import Broker
+from tests.orders import submit, wait_terminal
+from tests.otlp import (
+    OtlpReceiver,
+    exporter_env,
+    receiver_fixture,  # noqa: F401  (registers the "receiver" fixture)
+)
+from tests.processes import NodeProcess, NodeProcesses
+from tests.waiting import wait_for
+
+STARTED_COMPLETED = [(e, s) for s in STEP_NAMES for e in ("step.started", "step.completed")]
+
+
+def order_lines(node: NodeProcess, order_id: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in node.log_lines() if line.startswith("{")]
+    return [line for line in lines if line.get("order_id") == order_id]
+
+
+async def assert_transitions(
+    node: NodeProcess, receiver: OtlpReceiver, order_id: str, expected: list[tuple[str, Any]]
+) -> None:
+    """The order's lines are exactly ``expected`` (event, step), in order, fully labelled."""
+
+    async def logged() -> list[dict[str, Any]] | None:
+        lines = order_lines(node, order_id)
+        return lines if len(lines) >= len(expected) else None
+
+    lines = await wait_for(logged, within=15)
+    assert [(line["event"], line["step"]) for line in lines] == expected
+    consumer = await wait_for(
+        lambda: _consumer_span_trace(receiver, order_id), within=15, interval=0.1
+    )
+    for line in lines:
+        assert line["node_id"] == node.node_id
+        assert line["level"] == "info"
+        assert line["ts"].endswith("Z")
+        assert line["trace_id"] == consumer, line
+        assert len(line["span_id"]) == 16, line
+        assert "attempt" in line
+    assert {line["attempt"] for line in lines if line["step"] is not None} == {1}
+
+
+async def _consumer_span_trace(receiver: OtlpReceiver, order_id: str) -> str | None:
+    for span in receiver.snapshot():
+        if span.kind == "CONSUMER" and span.attributes.get("orderflow.order_id") == order_id:
+            return span.trace_id
+    return None
+
+
+async def test_each_transition_logs_one_line_with_order_and_trace_ids(
+    broker: Broker, node_processes: NodeProcesses, receiver: OtlpReceiver
+) -> None:
+    node = node_processes.start("logging-node", **exporter_env(receiver))
+    completed = await submit(broker.intake)
+    failed = await submit(broker.intake, fail_at="Processing")
+    await wait_terminal(broker.store, completed)
+    await wait_terminal(broker.store, failed)
+
+    await assert_transitions(
+        node, receiver, completed, [*STARTED_COMPLETED, ("order.completed", None)]
+    )
+    await assert_transitions(
+        node,
+        receiver,
+        failed,
+        [
+            *STARTED_COMPLETED[:5],
+            ("step.failed", "Processing"),
+            ("step.rolled_back", "Processing"),
+            ("step.rolled_back", "Pre-Processing"),
+            ("step.rolled_back", "Scheduling"),
+            ("order.failed", None),
+        ],
+    )

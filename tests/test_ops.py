@@ -1,0 +1,146 @@
+"""A node process's ops endpoints: stat, the two watchdogs (also while the broker is down),
+metrics, errors, and ``POST /stop`` draining the node until the process exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import nats.js.errors
+import pytest
+
+from nodeapp.natsserver import NatsServer
+from nodeapp.settings import Settings
+from tests.conftest import Broker
+from tests.orders import submit, wait_terminal
+from tests.processes import NodeProcess, NodeProcesses
+from tests.services import wait_ops_url
+from tests.waiting import wait_for
+
+
+@pytest.fixture
+async def ops(
+    broker: Broker, node_processes: NodeProcesses
+) -> AsyncIterator[tuple[NodeProcess, httpx.AsyncClient]]:
+    node = node_processes.start("ops-node")
+    ops_url = await wait_ops_url(broker, "ops-node")
+    async with httpx.AsyncClient(base_url=ops_url, timeout=5.0) as client:
+        yield node, client
+
+
+async def status_of(client: httpx.AsyncClient, path: str) -> tuple[int, Any]:
+    response = await client.get(path)
+    assert response.headers["content-type"] == "application/json"
+    return response.status_code, response.json()
+
+
+async def test_stat_reports_the_node(
+    ops: tuple[NodeProcess, httpx.AsyncClient], settings: Settings, broker: Broker
+) -> None:
+    _, client = ops
+    order_id = await submit(broker.intake)
+    await wait_terminal(broker.store, order_id)
+
+    async def counted() -> Any:
+        _, stat = await status_of(client, "/stat")
+        return stat if stat["counters"]["completed"] == 1 else None
+
+    stat = await wait_for(counted, within=10)
+    assert stat["node_id"] == "ops-node"
+    assert stat["state"] == "active"
+    assert stat["fenced"] is False
+    assert (stat["in_flight"], stat["capacity"]) == (0, settings.concurrency)
+    assert stat["uptime_s"] > 0
+    assert stat["ops_url"] == str(client.base_url).rstrip("/")
+
+
+async def test_unknown_paths_and_wrong_methods_are_json_errors(
+    ops: tuple[NodeProcess, httpx.AsyncClient],
+) -> None:
+    node, client = ops
+    missing = await client.get("/nope")
+    assert (missing.status_code, missing.json()["status"]) == (404, 404)
+    wrong = await client.get("/stop")
+    assert (wrong.status_code, wrong.headers["allow"]) == (405, "POST")
+    assert (await client.post("/stat")).status_code == 405
+    # A request head over the bound is refused, and the node carries on.
+    huge = await client.get("/stat", headers={"X-Padding": "x" * 20_000})
+    assert huge.status_code == 431
+    assert (await client.get("/metrics")).status_code == 200
+    assert node.alive
+
+
+async def test_watchdogs_report_a_broker_outage_and_recovery(
+    ops: tuple[NodeProcess, httpx.AsyncClient], nats_server: NatsServer
+) -> None:
+    _, client = ops
+    status, healthy = await status_of(client, "/watchdog/external")
+    assert status == 200, healthy
+    assert set(healthy["checks"]) == {
+        "broker",
+        "jetstream",
+        "kv",
+        "stream ORDERS",
+        "consumer workers",
+        "bucket orders",
+        "bucket nodes",
+    }
+    assert all(check["ok"] for check in healthy["checks"].values())
+    assert healthy["checks"]["jetstream"]["ms"] >= 0
+    status, self_check = await status_of(client, "/watchdog/self")
+    assert (status, self_check["heartbeat_fresh"], self_check["fenced"]) == (200, True, False)
+    assert self_check["loop_lag_ms"] < 1000
+
+    nats_server.stop()
+    started = time.monotonic()
+    status, down = await status_of(client, "/watchdog/external")
+    assert time.monotonic() - started < 2.5
+    assert status == 503
+    assert down["checks"]["broker"]["ok"] is False
+
+    async def fenced() -> bool:
+        # Without heartbeats for longer than the lease the node fences itself.
+        return (await status_of(client, "/watchdog/self"))[0] == 503
+
+    await wait_for(fenced, within=10, interval=0.2)
+
+    nats_server.start()
+
+    async def recovered() -> bool:
+        external, _ = await status_of(client, "/watchdog/external")
+        own, _ = await status_of(client, "/watchdog/self")
+        return external == own == 200
+
+    await wait_for(recovered, within=15, interval=0.2)
+
+
+async def test_post_stop_drains_the_node_and_it_exits_0(
+    ops: tuple[NodeProcess, httpx.AsyncClient], broker: Broker
+) -> None:
+    node, client = ops
+    response = await client.post("/stop")
+    assert response.status_code == 202
+    assert response.json() == {"node_id": "ops-node", "state": "draining"}
+
+    async def exited() -> bool:
+        return not node.alive
+
+    await wait_for(exited, within=15)
+    assert node.proc.returncode == 0
+    assert any('"event":"node.stop_requested"' in line for line in node.log_lines())
+
+    async def deregistered() -> bool:
+        return "ops-node" not in await _node_keys(broker)
+
+    await wait_for(deregistered, within=5)
+
+
+async def _node_keys(broker: Broker) -> list[str]:
+    try:
+        keys: list[str] = await asyncio.wait_for(broker.buckets.nodes.keys(), 2)
+    except nats.js.errors.NoKeysError:
+        return []
+    return keys
