@@ -21,6 +21,7 @@ from nodeapp.broker import broker_errors
 from nodeapp.errors import ResourceMissing
 from nodeapp.membership import Heartbeat
 from nodeapp.resources import DLQ_STREAM, ORDERS_STREAM, WORKERS_CONSUMER, Buckets
+from nodeapp.store import live_keys
 
 log = logging.getLogger("orderflow.clusterview")
 
@@ -118,17 +119,16 @@ def decode_heartbeat(key: str, data: bytes | None) -> Heartbeat | None:
 
 
 async def heartbeats(nodes: KeyValue) -> list[Heartbeat]:
-    """Every live node's heartbeat, by node id: one watch delivers all values at once."""
-    watcher = await nodes.watch(">", ignore_deletes=True)
+    """Every live node's heartbeat, by node id.
+
+    Keys come from the bucket stream's subjects, not a KV watch: nats-py's watcher can announce
+    "no more values" before the values arrive (nats-io/nats.py#842) and show an empty cluster.
+    """
     found = []
-    try:
-        async for entry in watcher:
-            if entry is None:  # the watcher's "no more stored values" marker
-                break
-            if (beat := decode_heartbeat(entry.key, entry.value)) is not None:
-                found.append(beat)
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+    for node_id in await live_keys(nodes):
+        beat = await heartbeat(nodes, node_id)
+        if beat is not None:
+            found.append(beat)
     return sorted(found, key=lambda b: b.node_id)
 
 

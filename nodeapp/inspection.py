@@ -25,6 +25,7 @@ from nodeapp.resources import (
     WORKERS_CONSUMER,
 )
 from nodeapp.settings import Settings
+from nodeapp.store import live_keys
 
 CLIENT_NAME: Final = "orderflow-inspect"
 
@@ -134,10 +135,7 @@ async def _bucket(js: JetStreamContext, name: str, list_keys: bool = False) -> B
     status = await kv.status()
     keys: list[str] | None = None
     if list_keys:
-        try:
-            keys = sorted(await kv.keys())
-        except nats.js.errors.NoKeysError:
-            keys = []
+        keys = await live_keys(kv)
     return BucketReport(
         bucket=name,
         values=status.values,

@@ -131,16 +131,28 @@ class Intake:
         if theirs.body_hash != mine.body_hash:
             raise IdempotencyConflict(theirs.order_id)
         try:
-            return SubmitResult(order=await self.store.get(theirs.order_id), created=False)
+            order = await self.store.get(theirs.order_id)
         except OrderNotFound:
             pass
+        else:
+            await self._publish_if_waiting(order)
+            return SubmitResult(order=order, created=False)
         # The first request with this key is mid-way (or died after claiming it): finish its job.
         # Both writes are idempotent: create fails on an existing key, the publish is deduplicated.
         try:
             order = await self._create(theirs.order_id, request, key)
         except OrderExists:
             order = await self.store.get(theirs.order_id)
+            await self._publish_if_waiting(order)
         return SubmitResult(order=order, created=False)
+
+    async def _publish_if_waiting(self, order: Order) -> None:
+        """Publish again for an order no node has claimed yet: the first request may have
+        stopped between storing it and publishing (or its publish failed and so did the
+        withdraw), and its retry must not leave the order to the reconciler. When the first
+        publish did get through, the broker drops this one (``Nats-Msg-Id``)."""
+        if order.status == "accepted" and order.dead_letter is None:
+            await self.publish(order.order_id)
 
     async def _create(self, order_id: str, request: OrderRequest, key: str | None) -> Order:
         order = new_order(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any, Final
 
 import msgspec
 import nats.js.errors
@@ -17,6 +18,8 @@ from nats.js.kv import KeyValue
 from nodeapp.broker import broker_errors
 from nodeapp.errors import OrderExists, OrderNotFound, RevisionConflict
 from nodeapp.model import Order, decode_order, encode
+
+HISTORY_TIMEOUT: Final = 5.0  # seconds to wait for the next revision of a history read
 
 
 class HistoryEntry(msgspec.Struct):
@@ -108,12 +111,21 @@ class OrderStore:
                 raise RevisionConflict(order_id, revision) from None
 
     async def history(self, order_id: str) -> list[HistoryEntry]:
-        """Every stored revision of the order, oldest first (up to the bucket's 64)."""
+        """Every stored revision of the order, oldest first (up to the bucket's 64).
+
+        Not ``KeyValue.history``: it ends at its watcher's "no more values" marker, which nats-py
+        can emit before the stored values arrive (often on a cluster, at times on a restarted
+        server; nats-io/nats.py#842), and then an order that has a history gets none. Here the
+        key's latest revision is read first and the watch is read up to it.
+        """
         with broker_errors(f"reading history of {order_id}"):
             try:
-                entries = await self.kv.history(order_id)
-            except nats.js.errors.NoKeysError:
-                raise OrderNotFound(order_id) from None
+                latest = await self.kv.get(order_id)
+            except nats.js.errors.KeyNotFoundError as exc:
+                if exc.entry is None:  # no revision at all; a deleted order still has history
+                    raise OrderNotFound(order_id) from None
+                latest = exc.entry  # the delete marker
+            entries = await self._watch_history(order_id, latest.revision or 0)
         out = []
         for entry in entries:
             order = decode_order(entry.value) if entry.value else None
@@ -123,3 +135,36 @@ class OrderStore:
             stored = entry.created if isinstance(entry.created, datetime) else None
             out.append(HistoryEntry(revision=entry.revision, order=order, time=stored))
         return out
+
+    async def _watch_history(self, order_id: str, last: int) -> list[Any]:
+        """The key's entries from a history watch, up to revision ``last`` at least."""
+        watcher: Any = await self.kv.watch(order_id, include_history=True)  # untyped in nats-py
+        try:
+            entries: list[Any] = []
+            while not entries or entries[-1].revision < last:
+                entry = await watcher.updates(timeout=HISTORY_TIMEOUT)
+                if entry is not None:  # skip the "no more values" marker: it can come too early
+                    entries.append(entry)
+            return entries
+        finally:
+            await watcher.stop()
+
+
+async def live_keys(kv: KeyValue) -> list[str]:
+    """The bucket's keys that hold a value, read from its stream's subjects.
+
+    ``KeyValue.keys()`` rides on a watcher that can end early (nats-io/nats.py#842); the stream's
+    per-subject counts cannot. Deleted keys keep a marker subject, so each candidate is checked.
+    """
+    prefix = f"$KV.{kv._name}."  # nats-py keeps the bucket name private
+    with broker_errors("listing keys"):
+        info = await kv._js.stream_info(kv._stream, subjects_filter=f"{prefix}>")
+        keys = []
+        for subject in sorted(info.state.subjects or {}):
+            key = subject[len(prefix) :]
+            try:
+                await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                continue  # deleted or purged
+            keys.append(key)
+    return keys

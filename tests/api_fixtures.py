@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mutab
 from typing import Any, cast
 
 import httpx
-import nats.js.errors
 import pytest
 from litestar import Litestar
 
 from api import create_app
 from nodeapp.resources import ORDERS_STREAM
 from nodeapp.settings import Settings
+from nodeapp.store import live_keys
 from tests.conftest import Broker
 from tests.waiting import wait_for
 
@@ -103,11 +103,7 @@ async def api_fixture(settings: Settings, broker: Broker) -> AsyncIterator[httpx
 
 async def order_keys(broker: Broker) -> list[str]:
     """Ids of the order documents stored (deleted ones excluded)."""
-    try:
-        keys: list[str] = await broker.buckets.orders.keys()
-    except nats.js.errors.NoKeysError:
-        return []
-    return keys
+    return await live_keys(broker.buckets.orders)
 
 
 async def work_messages(broker: Broker) -> int:

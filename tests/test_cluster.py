@@ -11,6 +11,7 @@ import pytest
 from nodeapp.errors import OrderNotFound
 from nodeapp.model import Order
 from nodeapp.settings import Settings
+from nodeapp.store import live_keys
 from tests.conftest import Broker
 from tests.invariants import assert_history_sane
 from tests.orders import submit, wait_all_terminal, wait_terminal
@@ -33,11 +34,7 @@ async def wait_registered(broker: Broker, node: NodeProcess) -> None:
 
 
 async def _keys(broker: Broker) -> list[str]:
-    try:
-        keys: list[str] = await broker.buckets.nodes.keys()
-    except Exception:  # noqa: BLE001 - nats-py raises NoKeysError on an empty bucket
-        return []
-    return keys
+    return await live_keys(broker.buckets.nodes)
 
 
 async def wait_step(broker: Broker, order_id: str, step_index: int, owner: str) -> Order:
