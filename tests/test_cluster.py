@@ -3,6 +3,7 @@ resumed elsewhere; SIGTERM hands work back at once."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 
 import msgspec
@@ -168,3 +169,42 @@ async def test_paused_node_does_not_overwrite_after_takeover(
 async def _logged_any(node: NodeProcess, events: tuple[str, ...], order_id: str) -> bool:
     lines = node.log_lines()
     return any(e in line and order_id in line for e in events for line in lines)
+
+
+async def test_killed_node_with_fifty_orders_all_finish_elsewhere(
+    slow_settings: Settings, broker: Broker, node_processes: NodeProcesses
+) -> None:
+    node_processes.settings = slow_settings
+    a = node_processes.start("node-a")
+    await wait_registered(broker, a)
+    order_ids = list(await asyncio.gather(*(submit(broker.intake) for _ in range(50))))
+
+    async def all_held_by_a() -> bool:
+        orders = [await broker.store.get(o) for o in order_ids]
+        return all(o.owner is not None and o.owner.node_id == "node-a" for o in orders)
+
+    await wait_for(all_held_by_a, within=20)
+    b = node_processes.start("node-b")
+    await wait_registered(broker, b)
+    a.signal(signal.SIGKILL)
+    orders = await wait_all_terminal(broker.store, order_ids, within=60)
+    for order in orders:
+        assert order.status == "completed"
+        assert order.owner is not None
+        assert order.owner.node_id == "node-b"
+        assert order.owner.epoch == 2
+        assert_history_sane(await broker.store.history(order.order_id))
+
+
+async def test_work_spreads_across_all_nodes(
+    settings: Settings, broker: Broker, node_processes: NodeProcesses
+) -> None:
+    node_processes.settings = msgspec.structs.replace(settings, step_seconds=0.2, concurrency=10)
+    nodes = [node_processes.start(f"node-{i}") for i in range(3)]
+    for node in nodes:
+        await wait_registered(broker, node)
+    order_ids = list(await asyncio.gather(*(submit(broker.intake) for _ in range(60))))
+    orders = await wait_all_terminal(broker.store, order_ids, within=60)
+    finished_by = {o.steps[-1].node_id for o in orders}
+    # 60 orders, 10 slots a node: one node alone cannot hold them, so all three must work.
+    assert finished_by == {"node-0", "node-1", "node-2"}
