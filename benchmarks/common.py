@@ -1,0 +1,508 @@
+"""What the benchmarks share: a throwaway broker, real child processes, /proc sampling, and
+reading the order documents back once a run is over.
+
+The system under test runs as in production (a nats-server, ``python -m nodeapp node`` and
+``python -m api`` processes) so the numbers include every process boundary; the load generator
+only measures what the documents themselves record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from nodeapp.errors import OrderflowError
+from nodeapp.natsserver import NatsServer
+from nodeapp.resources import Buckets
+from nodeapp.settings import Settings, settings_env
+
+LOOPBACK: Final = "127.0.0.1"
+STOP_GRACE: Final = 10.0
+READY_TIMEOUT: Final = 30.0
+SNAPSHOT_STALL: Final = 10.0
+_CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(OrderflowError):
+    """A benchmark could not run (a process died, a deadline passed); the message says which."""
+
+
+# -- child processes -------------------------------------------------------------------------
+
+
+class Child:
+    """One real process of the system under test, its output in a log file."""
+
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.name = name
+        self.proc = proc
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        if not self.alive:
+            raise BenchError(
+                f"{self.name} exited with status {self.proc.returncode}:\n{self.log_tail()}"
+            )
+
+
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that gives a child exactly the benchmark's settings."""
+    return {**os.environ, **settings_env(settings), **extra}
+
+
+class Processes:
+    """Owns every process a run starts and stops them all, synchronously and bounded in time.
+
+    Stopping is synchronous so it also runs after the event loop is gone (Ctrl-C, SIGTERM).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.children: list[Child] = []
+        self.server: NatsServer | None = None
+
+    def start_server(self) -> NatsServer:
+        self.server = NatsServer(self.folder / "broker", host=LOOPBACK)
+        self.server.start()
+        return self.server
+
+    def spawn(self, name: str, args: Sequence[str], env: dict[str, str]) -> Child:
+        log_path = self.folder / f"{name}.log"
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
+            )
+        child = Child(name, proc, log_path)
+        self.children.append(child)
+        return child
+
+    def stop_all(self, grace: float = STOP_GRACE) -> None:
+        """SIGTERM the api, then the nodes (they drain), kill stragglers, then stop the broker."""
+        for group in ("api", "node"):
+            members = [c for c in self.children if c.name.startswith(group) and c.alive]
+            for child in members:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            for child in members:
+                try:
+                    child.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    child.proc.wait(5)
+        if self.server is not None:
+            self.server.stop()
+
+
+@contextlib.contextmanager
+def bench_folder(keep: bool) -> Iterator[Path]:
+    """A temporary folder for the broker's store and the children's logs, removed unless kept."""
+    folder = Path(tempfile.mkdtemp(prefix="orderflow-bench-"))
+    try:
+        yield folder
+    finally:
+        if keep:
+            print(f"kept {folder}", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """Let cleanup finish: a second Ctrl-C must not leave orphaned processes behind."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# -- the cluster under test ------------------------------------------------------------------
+
+
+class RawHttp:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams, for when httpx's own CPU cost
+    would be what the benchmark measures (everything shares two cores)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.streams
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        status_line = await reader.readline()
+        if not status_line:
+            self.close()
+            raise ConnectionError("the api closed the connection")
+        length, close = 0, False
+        for _ in range(100):  # a bounded header block
+            line = await reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        payload = await reader.readexactly(length)
+        if close:
+            self.close()
+        return int(status_line.split()[1]), payload
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
+async def wait_until(
+    what: str, probe: Callable[[], Awaitable[bool]], children: list[Child]
+) -> None:
+    """Poll ``probe`` until true; fail at the deadline or as soon as a child dies."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not await probe():
+        for child in children:
+            child.check_alive()
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what} not ready within {READY_TIMEOUT:.0f}s")
+        await asyncio.sleep(0.05)
+
+
+async def start_nodes(
+    procs: Processes, settings: Settings, buckets: Buckets, k: int
+) -> list[Child]:
+    """K real node processes; ready when each one's heartbeat is in the ``nodes`` bucket."""
+    env = child_env(settings)
+    ids = [f"bench-node-{n}" for n in range(k)]
+    nodes = [
+        procs.spawn(f"node-{n}", ["-m", "nodeapp", "node", "--node-id", i], env)
+        for n, i in enumerate(ids)
+    ]
+    pending = set(ids)
+
+    async def all_beating() -> bool:
+        for node_id in list(pending):
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                await buckets.nodes.get(node_id)
+                pending.discard(node_id)
+        return not pending
+
+    await wait_until("node heartbeats", all_beating, nodes)
+    return nodes
+
+
+async def start_api(procs: Processes, settings: Settings) -> Child:
+    """One api process; ready when ``/readyz`` answers 200 (broker linked, resources there)."""
+    api = procs.spawn("api", ["-m", "api"], child_env(settings))
+
+    async def ready() -> bool:
+        client = RawHttp(LOOPBACK, settings.api_port)
+        try:
+            async with asyncio.timeout(2):
+                status, _ = await client.request("GET", "/readyz")
+            return status == 200
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            return False
+        finally:
+            client.close()
+
+    await wait_until("api", ready, [api])
+    return api
+
+
+# -- /proc sampling --------------------------------------------------------------------------
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size from ``/proc/<pid>/status`` (``VmRSS``), or None once the pid is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of ``pid`` so far, from ``/proc/<pid>/stat``."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command name: state is field 3, utime 14, stime 15 (1-based in proc(5)).
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+class RssSampler:
+    """Peak RSS per labelled pid, sampled every ``interval`` seconds until stopped."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.pids: dict[str, int] = {}
+        self.peaks: dict[str, int] = {}
+        self._stop = asyncio.Event()
+
+    def watch(self, label: str, pid: int) -> None:
+        self.pids[label] = pid
+
+    def sample(self) -> None:
+        for label, pid in self.pids.items():
+            rss = rss_bytes(pid)
+            if rss is not None and rss > self.peaks.get(label, 0):
+                self.peaks[label] = rss
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def peak_mib(self, prefix: str) -> float | None:
+        """The largest peak among labels starting with ``prefix`` (e.g. every ``node-*``)."""
+        values = [v for label, v in self.peaks.items() if label.startswith(prefix)]
+        return max(values) / 2**20 if values else None
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (``/proc/stat``, idle and iowait out)."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / _CLK_TCK
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 0.15) -> float:
+    """Block until the rest of the machine keeps under ``threshold`` cores busy for a second,
+    or ``max_wait`` seconds pass; return what was busy last. The cores are shared (other
+    people's test runs), and a benchmark started next to them measures them too."""
+    deadline = time.monotonic() + max_wait
+    busy = 0.0
+    while True:
+        before = machine_busy_seconds()
+        time.sleep(1.0)
+        busy = machine_busy_seconds() - before
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
+        print(f"  waiting for a quiet machine: {busy:.2f} cores busy", file=sys.stderr)
+
+
+class CpuMeter:
+    """CPU seconds each labelled pid spends between ``start()`` and ``stop()``, and what the
+    rest of the machine spent meanwhile (other work on the shared cores skews a run)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = dict(pids)
+        self._start: dict[str, float] = {}
+        self._machine_start = 0.0
+        self._wall_start = 0.0
+        self.used: dict[str, float] = {}
+        self.elsewhere = 0.0
+        self.seconds = 0.0
+
+    def start(self) -> None:
+        self._start = {k: v for k, p in self.pids.items() if (v := cpu_seconds(p)) is not None}
+        self._machine_start = machine_busy_seconds()
+        self._wall_start = time.monotonic()
+
+    def stop(self) -> None:
+        for label, pid in self.pids.items():
+            now = cpu_seconds(pid)
+            if now is not None and label in self._start:
+                self.used[label] = now - self._start[label]
+        machine = machine_busy_seconds() - self._machine_start
+        self.elsewhere = max(0.0, machine - sum(self.used.values()))
+        self.seconds = time.monotonic() - self._wall_start
+
+    def cores(self) -> dict[str, float]:
+        """Average cores each process kept busy over the metered interval."""
+        return {k: v / self.seconds for k, v in self.used.items()} if self.seconds else {}
+
+
+# -- the documents ---------------------------------------------------------------------------
+
+
+class StepTimes(msgspec.Struct):
+    start_time: datetime | None = None
+    complete_time: datetime | None = None
+
+
+class OrderTimes(msgspec.Struct):
+    """The few fields of an order document a benchmark reads; the rest is skipped unparsed."""
+
+    order_id: str
+    status: str
+    start_time: datetime
+    complete_time: datetime | None = None
+    steps: list[StepTimes] = []
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in ("completed", "failed")
+
+
+_times_decoder: Final = msgspec.json.Decoder(OrderTimes)
+
+
+async def snapshot(kv: KeyValue, wanted: set[str]) -> dict[str, OrderTimes]:
+    """The latest document of every wanted order, read once through a KV watcher.
+
+    Read after the run rather than watched live: a live watcher would decode every revision
+    (six per order) in the load generator, on the same two cores as the system under test.
+    """
+    found: dict[str, OrderTimes] = {}
+    watcher = await kv.watchall()
+    try:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=SNAPSHOT_STALL)  # type: ignore[no-untyped-call]
+            except nats.errors.TimeoutError:
+                raise BenchError(
+                    f"the orders watcher was silent for {SNAPSHOT_STALL:.0f}s"
+                ) from None
+            if entry is None:  # the marker after the initial values: the snapshot is complete
+                return found
+            if entry.key in wanted and entry.value:
+                found[entry.key] = _times_decoder.decode(entry.value)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted ``values`` (``q`` in [0, 1])."""
+    if not values:
+        return math.nan
+    rank = max(1, math.ceil(q * len(values)))
+    return values[rank - 1]
+
+
+# -- profiling -------------------------------------------------------------------------------
+
+
+class Profiler:
+    """``py-spy record`` on each watched process for the measurement window (``--profile``).
+
+    Non-blocking sampling, so the process under test is not paused; the output is py-spy's raw
+    collapsed stacks, one file per process, summarised by ``top_functions``.
+    """
+
+    def __init__(self, folder: Path, rate: int = 200) -> None:
+        self.folder = folder
+        self.rate = rate
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def output(self, label: str) -> Path:
+        return self.folder / f"{label}.pyspy.txt"
+
+    def start(self, label: str, pid: int) -> None:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            str(self.rate),
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--output",
+            str(self.output(label)),
+        ]
+        self.running[label] = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+
+    def stop(self, timeout: float = 15.0) -> list[Path]:
+        """SIGINT makes py-spy write its file; wait for it, kill it if it hangs."""
+        for proc in self.running.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in self.running.values():
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        written = [self.output(label) for label in self.running if self.output(label).exists()]
+        self.running.clear()
+        return written
+
+
+def top_functions(
+    path: Path, limit: int = 15, by_self: bool = False
+) -> list[tuple[str, float, float]]:
+    """(function, inclusive %, self %) of the hottest functions in a py-spy raw profile, by
+    inclusive time (frames in nearly every sample, such as the event loop, left out) or self."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [
+            frame.rsplit(":", 1)[0] + ")" if ":" in frame else frame for frame in stack.split(";")
+        ]
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    if total == 0:
+        return []
+    weight = own if by_self else inclusive
+    # Frames on the path into the event loop appear in most samples and say nothing.
+    ceiling = 0.98 * max(inclusive.values())
+    candidates = [f for f in weight if by_self or inclusive[f] < ceiling]
+    ranked = sorted(candidates, key=lambda f: weight[f], reverse=True)[:limit]
+    return [(f, 100 * inclusive[f] / total, 100 * own.get(f, 0) / total) for f in ranked]
