@@ -121,6 +121,7 @@ class Result(msgspec.Struct, kw_only=True):
     submit_per_s: float
     window_seconds: float
     orders_per_s: float
+    steady_per_s: float
     theoretical_per_s: float | None
     utilization: float | None
     latency_p50: float
@@ -395,6 +396,10 @@ def _result(
     window = (max(ends) - first_submit).total_seconds()
     done = len(orders)
     per_s = done / window
+    # The middle 80 % of the window, without the ramp-up and the last round's stragglers.
+    since = sorted((end - first_submit).total_seconds() for end in ends)
+    middle = sum(1 for t in since if 0.1 * window <= t < 0.9 * window)
+    steady = middle / (0.8 * window)
     latency = sorted(
         (o.complete_time - o.start_time).total_seconds() for o in orders if o.complete_time
     )
@@ -427,6 +432,7 @@ def _result(
         submit_per_s=len(state.ids) / submit_seconds,
         window_seconds=window,
         orders_per_s=per_s,
+        steady_per_s=steady,
         theoretical_per_s=theoretical,
         utilization=per_s / theoretical if theoretical else None,
         latency_p50=percentile(latency, 0.5),
@@ -455,6 +461,11 @@ def report(r: Result, opts: Options) -> str:
     ratio = "n/a (D = 0)" if r.utilization is None else f"{r.utilization:.3f}"
     theory = "unbounded (D = 0)" if r.theoretical_per_s is None else f"{r.theoretical_per_s:.1f}"
     window = "first step start" if r.preload else "first submit"
+    steady_ratio = (
+        f" (middle 80 % of the window: {r.steady_per_s / r.theoretical_per_s:.3f})"
+        if r.theoretical_per_s
+        else ""
+    )
     cpu = ", ".join(
         f"{k} {v:.3f} ms ({r.cpu_cores[k]:.2f} cores)"
         for k, v in sorted(r.cpu_ms_per_order.items())
@@ -479,7 +490,7 @@ def report(r: Result, opts: Options) -> str:
         f"window {r.window_seconds:.2f}s ({window} -> last terminal)",
         f"  orders/s     {r.orders_per_s:.1f}",
         f"  theoretical  {theory} orders/s = K x C / (4 x D)",
-        f"  utilization  {ratio}",
+        f"  utilization  {ratio}{steady_ratio}",
         f"  latency      end-to-end p50 {r.latency_p50:.3f}s p99 {r.latency_p99:.3f}s; "
         f"first step -> terminal p50 {r.in_node_p50:.3f}s p99 {r.in_node_p99:.3f}s",
         f"  step         p50 {r.step_p50_ms:.2f} ms p99 {r.step_p99_ms:.2f} ms "
