@@ -115,11 +115,10 @@ class Intake:
                 revision = None
         if revision is None:
             return await self._replay(kv_key, record, request, idempotency_key)
-        try:
-            order = await self._create(record.order_id, request, idempotency_key)
-        except OrderflowError:
-            await self._forget_key(kv_key, revision)
-            raise
+        # On failure the key stays bound to this order id: a store write that timed out may
+        # still have been applied, and only a retry with the same key can then find the order
+        # again (``_replay``) instead of storing a second one.
+        order = await self._create(record.order_id, request, idempotency_key)
         return SubmitResult(order=order, created=True)
 
     async def _replay(
@@ -187,10 +186,3 @@ class Intake:
                 "could not withdraw order after failed publish; the reconciler will re-drive it",
                 extra={"event": "order.withdraw_failed", "order_id": order_id, "error": str(exc)},
             )
-
-    async def _forget_key(self, kv_key: str, revision: int) -> None:
-        try:
-            with broker_errors("releasing Idempotency-Key"):
-                await self.idempotency.delete(kv_key, last=revision)
-        except (OrderflowError, nats.js.errors.KeyWrongLastSequenceError) as exc:
-            log.warning("could not release Idempotency-Key: %s", exc)
