@@ -401,7 +401,7 @@ async def snapshot(kv: KeyValue, wanted: set[str]) -> dict[str, OrderTimes]:
     found: dict[str, OrderTimes] = {}
     watcher = await kv.watchall()
     try:
-        while True:
+        while True:  # ends at the marker, at a stall, or at the run's deadline
             try:
                 entry = await watcher.updates(timeout=SNAPSHOT_STALL)  # type: ignore[no-untyped-call]
             except nats.errors.TimeoutError:
@@ -443,21 +443,13 @@ class Profiler:
         return self.folder / f"{label}.pyspy.txt"
 
     def start(self, label: str, pid: int) -> None:
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        py_spy = shutil.which("py-spy", path=search)
+        if py_spy is None:
+            raise BenchError("--profile needs py-spy: pip install py-spy")
         self.folder.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            py_spy,
-            "record",
-            "--pid",
-            str(pid),
-            "--rate",
-            str(self.rate),
-            "--format",
-            "raw",
-            "--nonblocking",
-            "--output",
-            str(self.output(label)),
-        ]
+        cmd = [py_spy, "record", "--pid", str(pid), "--rate", str(self.rate), "--nonblocking"]
+        cmd += ["--format", "raw", "--output", str(self.output(label))]
         self.running[label] = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )

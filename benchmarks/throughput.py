@@ -12,14 +12,18 @@ the code the api runs, or over HTTP); waits until every order document is termin
 
 * orders/s: orders completed / the window from the first submit to the last ``complete_time``;
 * theoretical: K x C / (4 x D), every slot of every node busy with steps and nothing else;
-* utilization: orders/s / theoretical;
+* utilization: orders/s / theoretical, and the same between the 10th and the 90th percentile
+  completion (the run without its ramp-up and its last round);
 * latency p50/p99: ``complete_time - start_time`` of each document (queueing included);
 * slot time: K x C / orders/s, the wall time one order holds a node slot (Little's law: every
   slot is busy during a backlog run); per-step overhead = slot time / 4 - D, the time a step
   costs beyond its simulated work (with ``--overhead``, D = 0, it is all overhead);
 * CPU per process over the window and peak RSS (``VmRSS``, sampled every 0.5 s).
 
-All processes share the machine's cores with this load generator; the output says how many.
+All processes share the machine's cores with this load generator; the output says how many, and
+how busy the rest of the machine was. ``--preload`` submits everything before the nodes start
+(their drain rate, without the submitter competing), ``--rate`` paces submits open-loop,
+``--profile DIR`` records every process with py-spy and prints the hottest functions.
 """
 
 from __future__ import annotations
@@ -396,10 +400,12 @@ def _result(
     window = (max(ends) - first_submit).total_seconds()
     done = len(orders)
     per_s = done / window
-    # The middle 80 % of the window, without the ramp-up and the last round's stragglers.
-    since = sorted((end - first_submit).total_seconds() for end in ends)
-    middle = sum(1 for t in since if 0.1 * window <= t < 0.9 * window)
-    steady = middle / (0.8 * window)
+    # Between the 10th and the 90th percentile completion: the run without its ramp-up and its
+    # last round's stragglers (by rank, so rounds of lockstep completions do not bias it).
+    ranked = sorted(ends)
+    low, high = ranked[len(ranked) // 10], ranked[(len(ranked) * 9) // 10]
+    spread = (high - low).total_seconds()
+    steady = ((len(ranked) * 9) // 10 - len(ranked) // 10) / spread if spread > 0 else per_s
     latency = sorted(
         (o.complete_time - o.start_time).total_seconds() for o in orders if o.complete_time
     )
@@ -462,7 +468,7 @@ def report(r: Result, opts: Options) -> str:
     theory = "unbounded (D = 0)" if r.theoretical_per_s is None else f"{r.theoretical_per_s:.1f}"
     window = "first step start" if r.preload else "first submit"
     steady_ratio = (
-        f" (middle 80 % of the window: {r.steady_per_s / r.theoretical_per_s:.3f})"
+        f" (10th-90th percentile completions: {r.steady_per_s / r.theoretical_per_s:.3f})"
         if r.theoretical_per_s
         else ""
     )
