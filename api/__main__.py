@@ -2,9 +2,9 @@
 
 import sys
 
-from nodeapp.cli import parse
-from nodeapp.errors import OrderflowError
-from nodeapp.logs import configure_logging
+from nodeapp.cli.main import parse
+from nodeapp.core.errors import OrderflowError
+from nodeapp.core.logs import configure_logging
 
 
 def main() -> int:

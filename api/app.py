@@ -17,8 +17,8 @@ from api.routes.metrics import metrics as metrics_route
 from api.schemas import MAX_BODY_BYTES
 from api.tracing import tracing_middleware, tracing_plugin
 from nodeapp import __version__
-from nodeapp.settings import Settings
-from nodeapp.tracing import recording
+from nodeapp.core.settings import Settings
+from nodeapp.core.tracing import recording
 
 
 def create_app(settings: Settings, *, traced: bool | None = None) -> Litestar:

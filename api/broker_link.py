@@ -21,12 +21,12 @@ from litestar import Litestar, Request
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from nodeapp.broker import connection, jetstream
-from nodeapp.errors import BrokerUnavailable
-from nodeapp.intake import Intake
-from nodeapp.resources import Buckets, ensure_resources
-from nodeapp.settings import Settings
-from nodeapp.store import OrderStore
+from nodeapp.broker.connection import connection, jetstream
+from nodeapp.broker.resources import Buckets, ensure_resources
+from nodeapp.core.errors import BrokerUnavailable
+from nodeapp.core.settings import Settings
+from nodeapp.orders.intake import Intake
+from nodeapp.orders.store import OrderStore
 
 log = logging.getLogger("orderflow.api.broker")
 

@@ -18,7 +18,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from api.broker_link import BrokerLink
-from nodeapp.metrics import BacklogProbe
+from nodeapp.cluster.backlog import BacklogProbe
 
 METRICS_KEY: Final = "metrics"
 SUBMIT: Final = ("POST", "/orders")

@@ -18,7 +18,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from api.schemas import Problem, ProblemFieldError
-from nodeapp.errors import (
+from nodeapp.core.errors import (
     BrokerUnavailable,
     DeadLetterNotFound,
     FieldError,

@@ -15,9 +15,9 @@ from typing import Final
 
 import msgspec
 
-from nodeapp.errors import FieldError, InvalidOrder
-from nodeapp.intake import OrderRequest, amount_problem
-from nodeapp.model import STEP_NAMES
+from nodeapp.core.errors import FieldError, InvalidOrder
+from nodeapp.orders.intake import OrderRequest, amount_problem
+from nodeapp.orders.model import STEP_NAMES
 
 MAX_BODY_BYTES: Final = 64 * 1024
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"

@@ -17,8 +17,8 @@ import uvicorn
 import uvloop
 
 from api.app import create_app
-from nodeapp.settings import Settings
-from nodeapp.tracing import configure_tracing, shutdown_tracing
+from nodeapp.core.settings import Settings
+from nodeapp.core.tracing import configure_tracing, shutdown_tracing
 
 GRACEFUL_SECONDS: Final = 10
 _SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)

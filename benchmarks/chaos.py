@@ -8,7 +8,7 @@ Run from the repository root, for example::
 
 It starts a nats-server (or, with ``--broker-cluster``, three routed servers on loopback with
 ``ORDERFLOW_REPLICAS=3``) and K ``python -m nodeapp node`` processes with short steps, submits
-R orders/s for T seconds through ``nodeapp.intake.Intake`` (a submit refused with
+R orders/s for T seconds through ``nodeapp.orders.intake.Intake`` (a submit refused with
 ``BrokerUnavailable`` is retried with the same Idempotency-Key), and every S seconds stops a
 random node, by SIGKILL or by SIGTERM (a drain), and starts a new one in its place; with
 ``--broker-cluster`` it also SIGKILLs one server now and then and restarts it. Then it waits,
@@ -47,13 +47,13 @@ from benchmarks.chaos_nodes import NodePool
 from benchmarks.common import BenchError, Processes, percentile, sigint_ignored
 from benchmarks.loopback_cluster import LoopbackCluster
 from benchmarks.throughput import order_bodies, pace
-from nodeapp.broker import connection, jetstream
-from nodeapp.errors import BrokerUnavailable, OrderflowError
-from nodeapp.intake import Intake, OrderRequest
-from nodeapp.model import DeadLetterMark, decode_order
-from nodeapp.resources import DLQ_STREAM, ORDERS_STREAM, ensure_resources_patiently
-from nodeapp.settings import Settings
-from nodeapp.store import OrderStore
+from nodeapp.broker.connection import connection, jetstream
+from nodeapp.broker.resources import DLQ_STREAM, ORDERS_STREAM, ensure_resources_patiently
+from nodeapp.core.errors import BrokerUnavailable, OrderflowError
+from nodeapp.core.settings import Settings
+from nodeapp.orders.intake import Intake, OrderRequest
+from nodeapp.orders.model import DeadLetterMark, decode_order
+from nodeapp.orders.store import OrderStore
 
 SUBMIT_RETRY_PAUSE: Final = 0.25
 MAX_PENDING_SUBMITS: Final = 500

@@ -15,7 +15,7 @@ from datetime import datetime
 import msgspec
 
 from benchmarks.common import percentile
-from nodeapp.model import Order, Owner
+from nodeapp.orders.model import Order, Owner
 
 STEP_RANK = {"pending": 0, "running": 1, "completed": 2, "failed": 2, "rolled_back": 3}
 ORDER_RANK = {"accepted": 0, "running": 1, "rolling_back": 2, "completed": 3, "failed": 3}

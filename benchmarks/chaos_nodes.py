@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 import nats.js.errors
 
 from benchmarks.common import Child, Processes, child_env, wait_until
-from nodeapp.broker import ANY_NATS_ERROR
-from nodeapp.resources import Buckets
-from nodeapp.settings import Settings
+from nodeapp.broker.connection import ANY_NATS_ERROR
+from nodeapp.broker.resources import Buckets
+from nodeapp.core.settings import Settings
 
 DRAIN_EXTRA: float = 15.0  # seconds a drain may take beyond step + ack wait before a SIGKILL
 

@@ -28,10 +28,10 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from nodeapp.errors import OrderflowError
-from nodeapp.natsserver import NatsServer
-from nodeapp.resources import Buckets
-from nodeapp.settings import Settings, settings_env
+from nodeapp.broker.resources import Buckets
+from nodeapp.core.errors import OrderflowError
+from nodeapp.core.settings import Settings, settings_env
+from nodeapp.local.natsserver import NatsServer
 
 LOOPBACK: Final = "127.0.0.1"
 STOP_GRACE: Final = 10.0

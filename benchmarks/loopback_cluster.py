@@ -15,7 +15,7 @@ from typing import Final
 
 import httpx
 
-from nodeapp.natsserver import NatsServer, free_port
+from nodeapp.local.natsserver import NatsServer, free_port
 
 CLUSTER_NAME: Final = "orderflow"
 HOST: Final = "127.0.0.1"

@@ -32,7 +32,7 @@ import msgspec
 
 from benchmarks import throughput
 from benchmarks.common import wait_for_quiet
-from nodeapp.errors import OrderflowError
+from nodeapp.core.errors import OrderflowError
 
 DEFAULT_PLOT: Final = Path(__file__).with_name("scale.png")
 

@@ -7,8 +7,9 @@ Run from the repository root, for example::
     python -m benchmarks.throughput --http --overhead --orders 20000
 
 Each run starts its own nats-server (temporary store, free loopback port), K node processes and,
-with ``--http``, one api process; submits N orders (directly through ``nodeapp.intake.Intake``,
-the code the api runs, or over HTTP); waits until every order document is terminal; prints:
+with ``--http``, one api process; submits N orders (directly through
+``nodeapp.orders.intake.Intake``, the code the api runs, or over HTTP); waits until every order
+document is terminal; prints:
 
 * orders/s: orders completed / the window from the first submit to the last ``complete_time``;
 * theoretical: K x C / (4 x D), every slot of every node busy with steps and nothing else;
@@ -64,13 +65,13 @@ from benchmarks.common import (
     top_functions,
     wait_for_quiet,
 )
-from nodeapp.broker import connection, jetstream
-from nodeapp.errors import OrderflowError
-from nodeapp.intake import Intake, OrderRequest
-from nodeapp.natsserver import free_port
-from nodeapp.resources import ORDERS_STREAM, Buckets, ensure_resources
-from nodeapp.settings import Settings
-from nodeapp.store import OrderStore
+from nodeapp.broker.connection import connection, jetstream
+from nodeapp.broker.resources import ORDERS_STREAM, Buckets, ensure_resources
+from nodeapp.core.errors import OrderflowError
+from nodeapp.core.settings import Settings
+from nodeapp.local.natsserver import free_port
+from nodeapp.orders.intake import Intake, OrderRequest
+from nodeapp.orders.store import OrderStore
 
 STEPS: Final = 4
 POLL_INTERVAL: Final = 0.2

@@ -2,6 +2,6 @@
 
 import sys
 
-from nodeapp.cli import main
+from nodeapp.cli.main import main
 
 sys.exit(main())

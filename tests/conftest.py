@@ -5,20 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import msgspec
 import pytest
-from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
 
-from nodeapp.broker import connect, jetstream
-from nodeapp.intake import Intake
-from nodeapp.natsserver import NatsServer
-from nodeapp.resources import Buckets, ensure_resources
-from nodeapp.settings import Settings, load_settings
-from nodeapp.store import OrderStore
-from tests.processes import NodeProcesses
+from nodeapp.core.settings import Settings, load_settings
+from nodeapp.local.natsserver import NatsServer
+from nodeapp.orders.handles import Handles, broker_handles
+from tests.support.processes import NodeProcesses
 
-pytest_plugins: list[str] = []
+# Fixtures that live beside the code they drive, registered for every test module.
+pytest_plugins = [
+    "tests.support.api_fixtures",
+    "tests.support.broker_cluster",
+    "tests.support.otlp",
+]
 
 
 @pytest.fixture
@@ -46,24 +45,11 @@ def settings(nats_server: NatsServer) -> Settings:
     )
 
 
-class Broker(msgspec.Struct):
-    nc: NATS
-    js: JetStreamContext
-    buckets: Buckets
-    store: OrderStore
-    intake: Intake
-
-
 @pytest.fixture
-async def broker(settings: Settings) -> AsyncIterator[Broker]:
-    nc = await connect(settings, "tests")
-    js = jetstream(nc, settings)
-    buckets = await ensure_resources(js, settings)
-    store = OrderStore(buckets.orders)
-    try:
-        yield Broker(nc, js, buckets, store, Intake(js, store, buckets.idempotency))
-    finally:
-        await nc.close()
+async def broker(settings: Settings) -> AsyncIterator[Handles]:
+    """The test's own handles on its broker, resources created."""
+    async with broker_handles(settings, "tests") as handles:
+        yield handles
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import httpx
 
-from nodeapp.natsserver import NatsServer, free_port
-from nodeapp.settings import Settings, load_settings
-from tests.api_fixtures import (
-    api_fixture,  # noqa: F401  (registers the "api" fixture)
+from nodeapp.core.settings import Settings, load_settings
+from nodeapp.local.natsserver import NatsServer, free_port
+from nodeapp.orders.handles import Handles
+from tests.support.api_fixtures import (
     assert_problem,
     order_body,
     order_keys,
@@ -21,8 +21,7 @@ from tests.api_fixtures import (
     wait_ready,
     work_messages,
 )
-from tests.conftest import Broker
-from tests.waiting import wait_for
+from tests.support.waiting import wait_for
 
 # A behavioural bound, not a benchmark: the design promises 503 "within a couple of seconds".
 PROMPT = 3.0
@@ -59,7 +58,7 @@ async def _submit_succeeds(client: httpx.AsyncClient) -> str | None:
 
 
 async def test_broker_stop_gives_503_and_recovery_resumes_service(
-    api: httpx.AsyncClient, broker: Broker, nats_server: NatsServer
+    api: httpx.AsyncClient, broker: Handles, nats_server: NatsServer
 ) -> None:
     await asyncio.to_thread(nats_server.stop)
     await _assert_unavailable(api)

@@ -9,19 +9,17 @@ from typing import Any
 import httpx
 import msgspec
 
-from nodeapp.membership import Heartbeat
-from nodeapp.model import STEP_NAMES, encode, utcnow
-from nodeapp.settings import Settings
-from nodeapp.stats import NodeStats
-from tests.api_fixtures import (
-    api_fixture,  # noqa: F401  (registers the "api" fixture)
+from nodeapp.cluster.membership import Heartbeat, NodeStats
+from nodeapp.core.settings import Settings
+from nodeapp.orders.handles import Handles
+from nodeapp.orders.model import STEP_NAMES, encode, utcnow
+from tests.support.api_fixtures import (
     assert_problem,
     order_body,
 )
-from tests.conftest import Broker
-from tests.nodes import running_node
-from tests.processes import NodeProcesses
-from tests.waiting import wait_for
+from tests.support.nodes import running_node
+from tests.support.processes import NodeProcesses
+from tests.support.waiting import wait_for
 
 UNKNOWN_ORDER = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
 
@@ -105,7 +103,7 @@ async def test_unknown_and_malformed_node_ids_are_404(api: httpx.AsyncClient) ->
 
 
 async def test_drain_of_a_registered_node_that_does_not_answer_is_503(
-    api: httpx.AsyncClient, broker: Broker, settings: Settings
+    api: httpx.AsyncClient, broker: Handles, settings: Settings
 ) -> None:
     """A heartbeat with nobody behind the drain subject (an older node, or a stale entry)."""
     ghost = Heartbeat(
@@ -129,14 +127,14 @@ async def test_drain_of_a_registered_node_that_does_not_answer_is_503(
     assert "does not answer drain requests" in problem["detail"]
 
 
-async def test_unreadable_heartbeat_is_left_out(api: httpx.AsyncClient, broker: Broker) -> None:
+async def test_unreadable_heartbeat_is_left_out(api: httpx.AsyncClient, broker: Handles) -> None:
     await broker.buckets.nodes.put("garbled", b"{not json")
     assert (await _cluster(api))["nodes"] == []
     assert_problem(await api.get("/cluster/nodes/garbled"), 404)
 
 
 async def test_drain_through_the_api_stops_the_node(
-    api: httpx.AsyncClient, broker: Broker, node_processes: NodeProcesses
+    api: httpx.AsyncClient, broker: Handles, node_processes: NodeProcesses
 ) -> None:
     """A real ``orderflow node`` process: the drain travels api -> NATS -> node, which exits 0."""
     node = node_processes.start("node-d")
@@ -243,7 +241,7 @@ async def test_openapi_documents_the_ops_routes(api: httpx.AsyncClient) -> None:
 
 def test_heartbeat_decoding_tolerates_unknown_fields() -> None:
     """A newer node may add fields to its heartbeat; this api still lists it."""
-    from nodeapp.clusterview import decode_heartbeat
+    from nodeapp.cluster.view import decode_heartbeat
 
     raw = msgspec.json.decode(
         encode(

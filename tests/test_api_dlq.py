@@ -6,24 +6,23 @@ from __future__ import annotations
 import httpx
 import msgspec
 
-from nodeapp.deadletter import mark_dead_lettered, publish_dead_letter
-from nodeapp.model import DeadLetterMark, Order, WorkMessage, encode, utcnow
-from nodeapp.resources import DLQ_STREAM, ORDERS_STREAM
-from nodeapp.settings import Settings
-from tests.api_fixtures import (
-    api_fixture,  # noqa: F401  (registers the "api" fixture)
+from nodeapp.broker.resources import DLQ_STREAM, ORDERS_STREAM
+from nodeapp.cluster.dead_letters import mark_dead_lettered, publish_dead_letter
+from nodeapp.core.settings import Settings
+from nodeapp.orders.handles import Handles
+from nodeapp.orders.model import DeadLetterMark, Order, WorkMessage, encode, utcnow
+from tests.support.api_fixtures import (
     assert_problem,
     order_body,
     running_api,
     wait_ready,
 )
-from tests.conftest import Broker
-from tests.orders import submit
+from tests.support.orders import submit
 
 NO_DOCUMENT = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
 
 
-async def _dead_letter(broker: Broker, order_id: str, stream_seq: int, *, mark: bool) -> None:
+async def _dead_letter(broker: Handles, order_id: str, stream_seq: int, *, mark: bool) -> None:
     reason = "max deliveries reached (3)" if mark else "no order document"
     await publish_dead_letter(
         broker.js,
@@ -38,7 +37,7 @@ async def _dead_letter(broker: Broker, order_id: str, stream_seq: int, *, mark: 
 
 
 async def test_list_pages_newest_first_and_replay_resumes_the_order(
-    api: httpx.AsyncClient, broker: Broker
+    api: httpx.AsyncClient, broker: Handles
 ) -> None:
     first, second, third = [await submit(broker.intake) for _ in range(3)]
     await broker.js.purge_stream(ORDERS_STREAM)  # as the advisory handler deletes them
@@ -81,7 +80,7 @@ async def test_list_pages_newest_first_and_replay_resumes_the_order(
     assert_problem(await api.post(f"/dlq/{second}/replay"), 404)
 
 
-async def test_replay_refuses_what_cannot_resume(api: httpx.AsyncClient, broker: Broker) -> None:
+async def test_replay_refuses_what_cannot_resume(api: httpx.AsyncClient, broker: Handles) -> None:
     finished = await submit(broker.intake)
     await _dead_letter(broker, finished, 1, mark=True)
 
@@ -110,7 +109,7 @@ async def test_replay_refuses_what_cannot_resume(api: httpx.AsyncClient, broker:
 
 
 async def test_poison_at_is_checked_like_fail_at(
-    api: httpx.AsyncClient, settings: Settings, broker: Broker
+    api: httpx.AsyncClient, settings: Settings, broker: Handles
 ) -> None:
     accepted = await api.post("/orders", json=order_body(poison_at="Processing"))
     assert accepted.status_code == 202, accepted.text

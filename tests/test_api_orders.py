@@ -8,20 +8,19 @@ import re
 import httpx
 import pytest
 
-from nodeapp.model import ORDER_ID_PATTERN, STEP_NAMES
-from tests.api_fixtures import (
-    api_fixture,  # noqa: F401  (registers the "api" fixture)
+from nodeapp.orders.handles import Handles
+from nodeapp.orders.model import ORDER_ID_PATTERN, STEP_NAMES
+from tests.support.api_fixtures import (
     assert_nothing_stored,
     assert_problem,
     order_body,
     order_keys,
     work_messages,
 )
-from tests.conftest import Broker
 
 
 async def test_submit_then_read_shows_the_pending_order(
-    api: httpx.AsyncClient, broker: Broker
+    api: httpx.AsyncClient, broker: Handles
 ) -> None:
     response = await api.post(
         "/orders",
@@ -78,7 +77,7 @@ async def test_fail_at_is_stored_when_fault_injection_is_on(api: httpx.AsyncClie
     assert order["fail_at"] == "Processing"
 
 
-async def test_order_ids_are_distinct_ulids(api: httpx.AsyncClient, broker: Broker) -> None:
+async def test_order_ids_are_distinct_ulids(api: httpx.AsyncClient, broker: Handles) -> None:
     responses = await asyncio.gather(*(api.post("/orders", json=order_body()) for _ in range(20)))
     ids = {r.json()["order_id"] for r in responses}
     assert len(ids) == 20
@@ -88,7 +87,7 @@ async def test_order_ids_are_distinct_ulids(api: httpx.AsyncClient, broker: Brok
 
 
 async def test_same_idempotency_key_returns_the_same_order(
-    api: httpx.AsyncClient, broker: Broker
+    api: httpx.AsyncClient, broker: Handles
 ) -> None:
     headers = {"Idempotency-Key": "retry-me-1"}
     first = await api.post("/orders", json=order_body(), headers=headers)
@@ -103,7 +102,7 @@ async def test_same_idempotency_key_returns_the_same_order(
 
 
 async def test_concurrent_requests_with_one_key_make_one_order(
-    api: httpx.AsyncClient, broker: Broker
+    api: httpx.AsyncClient, broker: Handles
 ) -> None:
     headers = {"Idempotency-Key": "racing-key"}
     responses = await asyncio.gather(
@@ -117,7 +116,7 @@ async def test_concurrent_requests_with_one_key_make_one_order(
     assert await work_messages(broker) == 1
 
 
-async def test_same_key_with_another_body_is_422(api: httpx.AsyncClient, broker: Broker) -> None:
+async def test_same_key_with_another_body_is_422(api: httpx.AsyncClient, broker: Handles) -> None:
     headers = {"Idempotency-Key": "one-body-only"}
     first = await api.post("/orders", json=order_body(), headers=headers)
     assert first.status_code == 202
@@ -134,7 +133,7 @@ async def test_same_key_with_another_body_is_422(api: httpx.AsyncClient, broker:
     ids=["empty", "256 chars", "non-ASCII", "space", "control char"],
 )
 async def test_invalid_idempotency_key_is_400(
-    api: httpx.AsyncClient, broker: Broker, key: bytes
+    api: httpx.AsyncClient, broker: Handles, key: bytes
 ) -> None:
     response = await api.post("/orders", json=order_body(), headers={b"Idempotency-Key": key})
     assert_problem(response, 400, "Idempotency-Key")
@@ -154,7 +153,7 @@ async def test_health_and_readiness(api: httpx.AsyncClient) -> None:
     assert ready.json() == {"status": "ready"}
 
 
-async def test_readiness_names_a_missing_resource(api: httpx.AsyncClient, broker: Broker) -> None:
+async def test_readiness_names_a_missing_resource(api: httpx.AsyncClient, broker: Handles) -> None:
     await broker.js.delete_key_value("nodes")
     problem = assert_problem(await api.get("/readyz"), 503)
     assert "bucket nodes is missing" in problem["detail"]

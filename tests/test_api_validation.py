@@ -10,9 +10,9 @@ import pytest
 from litestar import get
 
 from api import create_app
-from nodeapp.settings import Settings
-from tests.api_fixtures import (
-    api_fixture,  # noqa: F401  (registers the "api" fixture)
+from nodeapp.core.settings import Settings
+from nodeapp.orders.handles import Handles
+from tests.support.api_fixtures import (
     assert_nothing_stored,
     assert_problem,
     client_for,
@@ -20,7 +20,6 @@ from tests.api_fixtures import (
     running_api,
     wait_ready,
 )
-from tests.conftest import Broker
 
 
 def _without(field: str) -> dict[str, Any]:
@@ -78,7 +77,7 @@ BAD_FIELDS: list[tuple[str, dict[str, Any], str]] = [
     ("body", "field"), [case[1:] for case in BAD_FIELDS], ids=[case[0] for case in BAD_FIELDS]
 )
 async def test_invalid_field_is_422_naming_it(
-    api: httpx.AsyncClient, broker: Broker, body: dict[str, Any], field: str
+    api: httpx.AsyncClient, broker: Handles, body: dict[str, Any], field: str
 ) -> None:
     response = await api.post("/orders", json=body)
     problem = assert_problem(response, 422, field)
@@ -103,7 +102,7 @@ BAD_BODIES: list[tuple[str, bytes]] = [
 
 
 @pytest.mark.parametrize("raw", [c[1] for c in BAD_BODIES], ids=[c[0] for c in BAD_BODIES])
-async def test_malformed_body_is_400(api: httpx.AsyncClient, broker: Broker, raw: bytes) -> None:
+async def test_malformed_body_is_400(api: httpx.AsyncClient, broker: Handles, raw: bytes) -> None:
     response = await api.post("/orders", content=raw, headers={"Content-Type": "application/json"})
     assert_problem(response, 400, "body")
     await assert_nothing_stored(broker)
@@ -114,7 +113,7 @@ async def test_malformed_body_is_400(api: httpx.AsyncClient, broker: Broker, raw
     [None, "text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1"],
 )
 async def test_wrong_content_type_is_415(
-    api: httpx.AsyncClient, broker: Broker, content_type: str | None
+    api: httpx.AsyncClient, broker: Handles, content_type: str | None
 ) -> None:
     headers = {"Content-Type": content_type} if content_type else {}
     response = await api.post("/orders", content=msgspec.json.encode(order_body()), headers=headers)
@@ -122,7 +121,7 @@ async def test_wrong_content_type_is_415(
     await assert_nothing_stored(broker)
 
 
-async def test_body_over_64_kib_is_413(api: httpx.AsyncClient, broker: Broker) -> None:
+async def test_body_over_64_kib_is_413(api: httpx.AsyncClient, broker: Handles) -> None:
     body = msgspec.json.encode(order_body(customer_id="c" * (64 * 1024)))
     response = await api.post("/orders", content=body, headers={"Content-Type": "application/json"})
     assert_problem(response, 413)
@@ -130,7 +129,7 @@ async def test_body_over_64_kib_is_413(api: httpx.AsyncClient, broker: Broker) -
 
 
 async def test_fail_at_is_refused_when_fault_injection_is_off(
-    settings: Settings, broker: Broker
+    settings: Settings, broker: Handles
 ) -> None:
     off = msgspec.structs.replace(settings, fault_injection=False)
     async with running_api(off) as client:

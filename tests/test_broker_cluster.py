@@ -6,26 +6,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nodeapp.model import Order
-from nodeapp.resources import DLQ_STREAM, ORDERS_STREAM
-from nodeapp.settings import Settings, load_settings
-from tests.broker_cluster import (
+from nodeapp.broker.resources import DLQ_STREAM, ORDERS_STREAM
+from nodeapp.core.settings import Settings, load_settings
+from nodeapp.orders.handles import Handles
+from nodeapp.orders.model import Order
+from tests.support.api_fixtures import order_keys
+from tests.support.broker_cluster import (
     NatsCluster,
     Submitter,
     Terminals,
     events_named,
     logged,
-    nats_cluster_fixture,  # noqa: F401  (registers the "nats_cluster" fixture)
     open_broker,
-    order_keys,
     running,
-    wait_registered,
     wait_stream_empty,
 )
-from tests.conftest import Broker
-from tests.invariants import assert_history_sane
-from tests.processes import NodeProcess, NodeProcesses
-from tests.waiting import wait_for
+from tests.support.invariants import assert_history_sane
+from tests.support.processes import NodeProcess, NodeProcesses, wait_registered
+from tests.support.waiting import wait_for
 
 ORDERS = 150
 KILL_AFTER = 50  # orders accepted before the leader's server is killed
@@ -46,7 +44,7 @@ def cluster_settings(cluster: NatsCluster) -> Settings:
     )
 
 
-async def pick_victim(cluster: NatsCluster, broker: Broker) -> str:
+async def pick_victim(cluster: NatsCluster, broker: Handles) -> str:
     """The server that will lead ``ORDERS`` and that a node is connected to: killing it takes
     the stream's leader away and makes at least one node fail over to another server."""
     hosts = [
@@ -89,7 +87,7 @@ async def test_stream_leader_killed_under_load(nats_cluster: NatsCluster, tmp_pa
 async def _submit_through_the_kill(
     cluster: NatsCluster,
     settings: Settings,
-    broker: Broker,
+    broker: Handles,
     victim: str,
     nodes: list[NodeProcess],
 ) -> tuple[list[str], list[int]]:
@@ -121,7 +119,7 @@ async def _submit_through_the_kill(
 
 
 async def _assert_nothing_lost_or_doubled(
-    broker: Broker, order_ids: list[str], orders: list[Order]
+    broker: Handles, order_ids: list[str], orders: list[Order]
 ) -> None:
     assert len(set(order_ids)) == ORDERS
     assert sorted(await order_keys(broker)) == sorted(order_ids)  # one document per order

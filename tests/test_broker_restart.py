@@ -16,28 +16,27 @@ from typing import Literal
 import msgspec
 import pytest
 
-from nodeapp.natsserver import NatsServer
-from nodeapp.resources import DLQ_STREAM, ORDERS_STREAM
-from nodeapp.settings import Settings
-from tests.broker_cluster import (
+from nodeapp.broker.resources import DLQ_STREAM, ORDERS_STREAM
+from nodeapp.core.settings import Settings
+from nodeapp.local.natsserver import NatsServer
+from nodeapp.orders.handles import Handles
+from tests.support.api_fixtures import order_keys
+from tests.support.broker_cluster import (
     Terminals,
     events_named,
     logged,
-    order_keys,
-    wait_registered,
     wait_stream_empty,
 )
-from tests.conftest import Broker
-from tests.invariants import assert_history_sane
-from tests.orders import submit
-from tests.processes import NodeProcess, NodeProcesses
-from tests.waiting import wait_for
+from tests.support.invariants import assert_history_sane
+from tests.support.orders import submit
+from tests.support.processes import NodeProcess, NodeProcesses, wait_registered
+from tests.support.waiting import wait_for
 
 ORDERS = 100
 BUSY = 25  # orders each node must be running when the server goes away
 
 
-async def _both_busy(broker: Broker, order_ids: list[str], nodes: list[NodeProcess]) -> bool:
+async def _both_busy(broker: Handles, order_ids: list[str], nodes: list[NodeProcess]) -> bool:
     """True when each node is mid-way through at least ``BUSY`` of the orders."""
     running: Counter[str] = Counter()
     for order_id in order_ids:
@@ -59,7 +58,7 @@ async def test_orders_finish_after_server_restart(
     how: Literal["sigterm", "sigkill"],
     nats_server: NatsServer,
     settings: Settings,
-    broker: Broker,
+    broker: Handles,
     node_processes: NodeProcesses,
 ) -> None:
     node_processes.settings = msgspec.structs.replace(

@@ -7,11 +7,11 @@ from datetime import datetime
 
 import msgspec
 
-from nodeapp.model import Order
-from nodeapp.settings import Settings
-from tests.conftest import Broker
-from tests.nodes import running_node
-from tests.orders import submit, wait_all_terminal
+from nodeapp.core.settings import Settings
+from nodeapp.orders.handles import Handles
+from nodeapp.orders.model import Order
+from tests.support.nodes import running_node
+from tests.support.orders import submit, wait_all_terminal
 
 
 def max_overlap(orders: list[Order]) -> int:
@@ -30,7 +30,7 @@ def max_overlap(orders: list[Order]) -> int:
     return peak
 
 
-async def test_fifty_in_flight(settings: Settings, broker: Broker) -> None:
+async def test_fifty_in_flight(settings: Settings, broker: Handles) -> None:
     node_settings = msgspec.structs.replace(settings, step_seconds=0.2, concurrency=50)
     order_ids = list(await asyncio.gather(*(submit(broker.intake) for _ in range(120))))
     async with running_node(node_settings):

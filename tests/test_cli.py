@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,52 +14,21 @@ import msgspec
 import pytest
 
 from api.server import serve_async
-from nodeapp.cli import parse
-from nodeapp.natsserver import free_port
-from nodeapp.opsparser import handles
-from nodeapp.settings import Settings, settings_env
-from tests.conftest import Broker
-from tests.nodes import running_node
-from tests.processes import NodeProcesses
-from tests.waiting import wait_for
+from nodeapp.cli.client_parser import handles
+from nodeapp.cli.main import parse
+from nodeapp.core.settings import Settings, settings_env
+from nodeapp.local.natsserver import free_port
+from nodeapp.orders.handles import Handles
+from tests.support.cli import Cli, Run
+from tests.support.nodes import running_node
+from tests.support.processes import NodeProcesses
+from tests.support.waiting import wait_for
 
 UNKNOWN_ORDER = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
 
 
-class Run(msgspec.Struct):
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-class Cli:
-    """Runs ``orderflow`` with the test's settings and api URL in its environment."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-
-    async def __call__(self, *args: str, env: dict[str, str] | None = None) -> Run:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "nodeapp",
-            *args,
-            env={**self.env, **(env or {})},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
-        assert proc.returncode is not None
-        run = Run(proc.returncode, out.decode(), err.decode())
-        assert "Traceback" not in run.err, run.err
-        return run
-
-
 @pytest.fixture
-async def cli(settings: Settings, broker: Broker) -> AsyncIterator[Cli]:
+async def cli(settings: Settings, broker: Handles) -> AsyncIterator[Cli]:
     """An api served by uvicorn on a free port in this event loop, and a CLI pointed at it."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -9,15 +9,15 @@ import signal
 import msgspec
 import pytest
 
-from nodeapp.errors import OrderNotFound
-from nodeapp.model import Order
-from nodeapp.settings import Settings
-from nodeapp.store import live_keys
-from tests.conftest import Broker
-from tests.invariants import assert_history_sane
-from tests.orders import submit, wait_all_terminal, wait_terminal
-from tests.processes import NodeProcess, NodeProcesses
-from tests.waiting import wait_for
+from nodeapp.core.errors import OrderNotFound
+from nodeapp.core.settings import Settings
+from nodeapp.orders.handles import Handles
+from nodeapp.orders.model import Order
+from nodeapp.orders.store import live_keys
+from tests.support.invariants import assert_history_sane
+from tests.support.orders import submit, wait_all_terminal, wait_terminal
+from tests.support.processes import NodeProcess, NodeProcesses, wait_registered
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -26,19 +26,7 @@ def slow_settings(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, step_seconds=1.0, ack_wait=1.0, lease_seconds=2.0)
 
 
-async def wait_registered(broker: Broker, node: NodeProcess) -> None:
-    async def probe() -> bool:
-        assert node.alive, "\n".join(node.log_lines()[-20:])
-        return node.node_id in set(await _keys(broker))
-
-    await wait_for(probe, within=20)
-
-
-async def _keys(broker: Broker) -> list[str]:
-    return await live_keys(broker.buckets.nodes)
-
-
-async def wait_step(broker: Broker, order_id: str, step_index: int, owner: str) -> Order:
+async def wait_step(broker: Handles, order_id: str, step_index: int, owner: str) -> Order:
     """Wait until ``owner`` is running step ``step_index`` of the order."""
 
     async def probe() -> Order | None:
@@ -53,7 +41,7 @@ async def wait_step(broker: Broker, order_id: str, step_index: int, owner: str) 
 
 
 async def test_redelivery_during_live_lease_is_not_started(
-    slow_settings: Settings, broker: Broker, node_processes: NodeProcesses
+    slow_settings: Settings, broker: Handles, node_processes: NodeProcesses
 ) -> None:
     node_processes.settings = msgspec.structs.replace(slow_settings, lease_seconds=8.0)
     a = node_processes.start("node-a")
@@ -85,7 +73,7 @@ async def _logged(node: NodeProcess, event: str, order_id: str) -> bool:
 
 
 async def test_killed_node_order_resumes_elsewhere(
-    slow_settings: Settings, broker: Broker, node_processes: NodeProcesses
+    slow_settings: Settings, broker: Handles, node_processes: NodeProcesses
 ) -> None:
     node_processes.settings = slow_settings
     a = node_processes.start("node-a")
@@ -111,7 +99,7 @@ async def test_killed_node_order_resumes_elsewhere(
 
 
 async def test_sigterm_hands_orders_back_at_once(
-    slow_settings: Settings, broker: Broker, node_processes: NodeProcesses
+    slow_settings: Settings, broker: Handles, node_processes: NodeProcesses
 ) -> None:
     # A long ack wait: if the hand-back did not nak, B would wait 30 s and the test would time out.
     settings = msgspec.structs.replace(slow_settings, ack_wait=30.0, lease_seconds=30.0)
@@ -125,7 +113,7 @@ async def test_sigterm_hands_orders_back_at_once(
     await wait_registered(broker, b)
     a.signal(signal.SIGTERM)
     assert a.proc.wait(20) == 0
-    assert "node-a" not in await _keys(broker)
+    assert "node-a" not in await live_keys(broker.buckets.nodes)
     orders = await wait_all_terminal(broker.store, order_ids, within=20)
     for order in orders:
         assert order.status == "completed"
@@ -136,7 +124,7 @@ async def test_sigterm_hands_orders_back_at_once(
 
 
 async def test_paused_node_does_not_overwrite_after_takeover(
-    slow_settings: Settings, broker: Broker, node_processes: NodeProcesses
+    slow_settings: Settings, broker: Handles, node_processes: NodeProcesses
 ) -> None:
     """A node frozen past its lease comes back to find the order taken: it writes nothing."""
     node_processes.settings = slow_settings
@@ -172,7 +160,7 @@ async def _logged_any(node: NodeProcess, events: tuple[str, ...], order_id: str)
 
 
 async def test_killed_node_with_fifty_orders_all_finish_elsewhere(
-    slow_settings: Settings, broker: Broker, node_processes: NodeProcesses
+    slow_settings: Settings, broker: Handles, node_processes: NodeProcesses
 ) -> None:
     node_processes.settings = slow_settings
     a = node_processes.start("node-a")
@@ -197,7 +185,7 @@ async def test_killed_node_with_fifty_orders_all_finish_elsewhere(
 
 
 async def test_work_spreads_across_all_nodes(
-    settings: Settings, broker: Broker, node_processes: NodeProcesses
+    settings: Settings, broker: Handles, node_processes: NodeProcesses
 ) -> None:
     node_processes.settings = msgspec.structs.replace(settings, step_seconds=0.2, concurrency=10)
     nodes = [node_processes.start(f"node-{i}") for i in range(3)]

@@ -10,10 +10,7 @@ import nats.js.api
 import pytest
 from nats.js.api import StreamConfig
 
-from nodeapp.deadletter import DELIVERIES_HEADER, ORDER_HEADER, REASON_HEADER
-from nodeapp.dlq import replay
-from nodeapp.model import DeadLetterMark, Order, WorkMessage, encode
-from nodeapp.resources import (
+from nodeapp.broker.resources import (
     DLQ_PREFIX,
     DLQ_STREAM,
     DLQ_SUBJECTS,
@@ -23,11 +20,14 @@ from nodeapp.resources import (
     WORKERS_CONSUMER,
     ensure_resources,
 )
-from nodeapp.settings import Settings
-from tests.conftest import Broker
-from tests.nodes import running_node
-from tests.orders import submit, wait_terminal
-from tests.waiting import wait_for
+from nodeapp.cluster.dead_letter_admin import replay
+from nodeapp.cluster.dead_letters import DELIVERIES_HEADER, ORDER_HEADER, REASON_HEADER
+from nodeapp.core.settings import Settings
+from nodeapp.orders.handles import Handles
+from nodeapp.orders.model import DeadLetterMark, Order, WorkMessage, encode
+from tests.support.nodes import running_node
+from tests.support.orders import submit, wait_terminal
+from tests.support.waiting import wait_for
 
 MAX_DELIVER = 3
 
@@ -38,20 +38,20 @@ def settings(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, ack_wait=1.0, max_deliver=MAX_DELIVER)
 
 
-async def _dlq_count(broker: Broker) -> int:
+async def _dlq_count(broker: Handles) -> int:
     info = await broker.js.stream_info(DLQ_STREAM)
     count: int = info.state.messages
     return count
 
 
-async def _orders_count(broker: Broker) -> int:
+async def _orders_count(broker: Handles) -> int:
     info = await broker.js.stream_info(ORDERS_STREAM)
     count: int = info.state.messages
     return count
 
 
 async def test_undecodable_and_orphan_messages_are_dead_lettered(
-    settings: Settings, broker: Broker
+    settings: Settings, broker: Handles
 ) -> None:
     await broker.js.publish(WORK_SUBJECT, b"not json")
     orphan = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
@@ -78,11 +78,11 @@ async def test_undecodable_and_orphan_messages_are_dead_lettered(
     assert stream.config.retention == nats.js.api.RetentionPolicy.WORK_QUEUE
 
 
-async def _at_least(broker: Broker, n: int) -> bool:
+async def _at_least(broker: Handles, n: int) -> bool:
     return await _dlq_count(broker) >= n
 
 
-async def _exhaust(broker: Broker) -> None:
+async def _exhaust(broker: Handles) -> None:
     """Take the one work message ``MAX_DELIVER`` times and never answer, as a node that dies on
     it would. Our pulls end before a node's pull makes JetStream send the advisory."""
     sub = await broker.js.pull_subscribe_bind(WORKERS_CONSUMER, ORDERS_STREAM)
@@ -93,7 +93,7 @@ async def _exhaust(broker: Broker) -> None:
 
 
 async def test_exhausted_message_is_dead_lettered_and_replayed(
-    settings: Settings, broker: Broker
+    settings: Settings, broker: Handles
 ) -> None:
     order_id = await submit(broker.intake)
     await _exhaust(broker)
@@ -122,7 +122,7 @@ async def test_exhausted_message_is_dead_lettered_and_replayed(
     assert marks[:3] == [None, f"max deliveries reached ({MAX_DELIVER})", None]
 
 
-async def _last_for(broker: Broker, order_id: str) -> nats.js.api.RawStreamMsg | None:
+async def _last_for(broker: Handles, order_id: str) -> nats.js.api.RawStreamMsg | None:
     try:
         return await broker.js.get_msg(DLQ_STREAM, subject=DLQ_PREFIX + order_id)
     except nats.js.errors.NotFoundError:
@@ -130,7 +130,7 @@ async def _last_for(broker: Broker, order_id: str) -> nats.js.api.RawStreamMsg |
 
 
 async def test_a_stray_message_of_a_finished_order_is_only_removed(
-    settings: Settings, broker: Broker
+    settings: Settings, broker: Handles
 ) -> None:
     order_id = await submit(broker.intake)
     async with running_node(settings):
@@ -151,7 +151,7 @@ async def test_a_stray_message_of_a_finished_order_is_only_removed(
     assert order.dead_letter is None
 
 
-async def test_a_parked_order_ignores_stray_messages(settings: Settings, broker: Broker) -> None:
+async def test_a_parked_order_ignores_stray_messages(settings: Settings, broker: Handles) -> None:
     order_id = await submit(broker.intake)
 
     def park(order: Order) -> bool:
@@ -186,7 +186,7 @@ async def test_a_dlq_stream_from_before_keeps_its_subject_and_gains_the_new_one(
 
 
 def test_old_documents_with_a_reason_string_still_decode() -> None:
-    from nodeapp.model import decode_order, new_order
+    from nodeapp.orders.model import decode_order, new_order
 
     old = msgspec.json.decode(encode(new_order("01ARZ3NDEKTSV4RRFFQ69G5FAV", "c", [], None)))
     old["dead_letter"] = "no order document"

@@ -9,16 +9,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nodeapp.model import STEP_NAMES
-from tests.conftest import Broker
-from tests.orders import submit, wait_terminal
-from tests.otlp import (
+from nodeapp.orders.handles import Handles
+from nodeapp.orders.model import STEP_NAMES
+from tests.support.orders import submit, wait_terminal
+from tests.support.otlp import (
     OtlpReceiver,
     exporter_env,
-    receiver_fixture,  # noqa: F401  (registers the "receiver" fixture)
 )
-from tests.processes import NodeProcess, NodeProcesses
-from tests.waiting import wait_for
+from tests.support.processes import NodeProcess, NodeProcesses
+from tests.support.waiting import wait_for
 
 STARTED_COMPLETED = [(e, s) for s in STEP_NAMES for e in ("step.started", "step.completed")]
 
@@ -60,7 +59,7 @@ async def _consumer_span_trace(receiver: OtlpReceiver, order_id: str) -> str | N
 
 
 async def test_each_transition_logs_one_line_with_order_and_trace_ids(
-    broker: Broker, node_processes: NodeProcesses, receiver: OtlpReceiver
+    broker: Handles, node_processes: NodeProcesses, receiver: OtlpReceiver
 ) -> None:
     node = node_processes.start("logging-node", **exporter_env(receiver))
     completed = await submit(broker.intake)

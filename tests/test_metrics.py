@@ -7,16 +7,15 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodeapp import __version__
-from nodeapp.settings import Settings
-from tests.api_fixtures import (
-    api_fixture,  # noqa: F401  (registers the "api" fixture)
+from nodeapp.core.settings import Settings
+from nodeapp.orders.handles import Handles
+from tests.support.api_fixtures import (
     order_body,
 )
-from tests.conftest import Broker
-from tests.orders import submit, wait_terminal
-from tests.processes import NodeProcesses
-from tests.services import wait_ops_url
-from tests.waiting import wait_for
+from tests.support.orders import submit, wait_terminal
+from tests.support.processes import NodeProcesses
+from tests.support.services import wait_ops_url
+from tests.support.waiting import wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -37,7 +36,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 async def test_api_metrics_count_submissions_by_outcome(
-    api: httpx.AsyncClient, broker: Broker
+    api: httpx.AsyncClient, broker: Handles
 ) -> None:
     before = parse(await api.get("/metrics"))
     assert value(before, "orderflow_orders_submitted_total", outcome="accepted") == 0
@@ -64,7 +63,7 @@ async def test_api_metrics_count_submissions_by_outcome(
 
 
 async def test_node_metrics_move_as_orders_flow(
-    settings: Settings, broker: Broker, node_processes: NodeProcesses
+    settings: Settings, broker: Handles, node_processes: NodeProcesses
 ) -> None:
     node_processes.start("metrics-node")
     ops_url = await wait_ops_url(broker, "metrics-node")

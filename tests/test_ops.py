@@ -12,18 +12,18 @@ import httpx
 import nats.js.errors
 import pytest
 
-from nodeapp.natsserver import NatsServer
-from nodeapp.settings import Settings
-from tests.conftest import Broker
-from tests.orders import submit, wait_terminal
-from tests.processes import NodeProcess, NodeProcesses
-from tests.services import wait_ops_url
-from tests.waiting import wait_for
+from nodeapp.core.settings import Settings
+from nodeapp.local.natsserver import NatsServer
+from nodeapp.orders.handles import Handles
+from tests.support.orders import submit, wait_terminal
+from tests.support.processes import NodeProcess, NodeProcesses
+from tests.support.services import wait_ops_url
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
 async def ops(
-    broker: Broker, node_processes: NodeProcesses
+    broker: Handles, node_processes: NodeProcesses
 ) -> AsyncIterator[tuple[NodeProcess, httpx.AsyncClient]]:
     node = node_processes.start("ops-node")
     ops_url = await wait_ops_url(broker, "ops-node")
@@ -38,7 +38,7 @@ async def status_of(client: httpx.AsyncClient, path: str) -> tuple[int, Any]:
 
 
 async def test_stat_reports_the_node(
-    ops: tuple[NodeProcess, httpx.AsyncClient], settings: Settings, broker: Broker
+    ops: tuple[NodeProcess, httpx.AsyncClient], settings: Settings, broker: Handles
 ) -> None:
     _, client = ops
     order_id = await submit(broker.intake)
@@ -118,7 +118,7 @@ async def test_watchdogs_report_a_broker_outage_and_recovery(
 
 
 async def test_post_stop_drains_the_node_and_it_exits_0(
-    ops: tuple[NodeProcess, httpx.AsyncClient], broker: Broker
+    ops: tuple[NodeProcess, httpx.AsyncClient], broker: Handles
 ) -> None:
     node, client = ops
     response = await client.post("/stop")
@@ -138,7 +138,7 @@ async def test_post_stop_drains_the_node_and_it_exits_0(
     await wait_for(deregistered, within=5)
 
 
-async def _node_keys(broker: Broker) -> list[str]:
+async def _node_keys(broker: Handles) -> list[str]:
     try:
         keys: list[str] = await asyncio.wait_for(broker.buckets.nodes.keys(), 2)
     except nats.js.errors.NoKeysError:

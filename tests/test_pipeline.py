@@ -7,11 +7,11 @@ import asyncio
 import msgspec
 import pytest
 
-from nodeapp.model import STEP_NAMES, Order
-from nodeapp.settings import Settings
-from tests.conftest import Broker
-from tests.nodes import running_node
-from tests.orders import submit, wait_all_terminal, wait_terminal
+from nodeapp.core.settings import Settings
+from nodeapp.orders.handles import Handles
+from nodeapp.orders.model import STEP_NAMES, Order
+from tests.support.nodes import running_node
+from tests.support.orders import submit, wait_all_terminal, wait_terminal
 
 
 def assert_completed(order: Order) -> None:
@@ -32,7 +32,7 @@ def assert_completed(order: Order) -> None:
     assert order.complete_time >= previous_complete
 
 
-async def test_order_completes_with_every_step_timed(settings: Settings, broker: Broker) -> None:
+async def test_order_completes_with_every_step_timed(settings: Settings, broker: Handles) -> None:
     async with running_node(settings):
         order_id = await submit(broker.intake)
         order = await wait_terminal(broker.store, order_id)
@@ -46,7 +46,7 @@ async def test_order_completes_with_every_step_timed(settings: Settings, broker:
 
 @pytest.mark.parametrize("fail_at", STEP_NAMES)
 async def test_forced_failure_rolls_back_in_reverse(
-    settings: Settings, broker: Broker, fail_at: str
+    settings: Settings, broker: Handles, fail_at: str
 ) -> None:
     async with running_node(settings):
         order_id = await submit(broker.intake, fail_at=fail_at)
@@ -76,7 +76,7 @@ async def test_forced_failure_rolls_back_in_reverse(
     assert order.complete_time >= max(t for t in rollbacks if t is not None)
 
 
-async def test_failure_rate_is_honoured(settings: Settings, broker: Broker) -> None:
+async def test_failure_rate_is_honoured(settings: Settings, broker: Handles) -> None:
     rate, count = 0.05, 2000
     fast = msgspec.structs.replace(settings, step_seconds=0.0, failure_rate=rate)
     order_ids = list(await asyncio.gather(*(submit(broker.intake) for _ in range(count))))

@@ -16,18 +16,18 @@ import httpx
 import msgspec
 import pytest
 
-from nodeapp.model import DeadLetterMark, Order
-from nodeapp.resources import DLQ_PREFIX, DLQ_STREAM, ORDERS_STREAM
-from nodeapp.settings import Settings, settings_env
-from nodeapp.steps import POISON_EXIT_CODE
-from tests.api_fixtures import order_body
-from tests.conftest import Broker
-from tests.invariants import assert_history_sane
-from tests.orders import wait_terminal
-from tests.processes import NodeProcess, NodeProcesses
-from tests.services import ApiProcess
-from tests.test_cli import Cli
-from tests.waiting import wait_for
+from nodeapp.broker.resources import DLQ_PREFIX, DLQ_STREAM, ORDERS_STREAM
+from nodeapp.core.settings import Settings, settings_env
+from nodeapp.orders.handles import Handles
+from nodeapp.orders.model import DeadLetterMark, Order
+from nodeapp.worker.steps import POISON_EXIT_CODE
+from tests.support.api_fixtures import order_body
+from tests.support.cli import Cli
+from tests.support.invariants import assert_history_sane
+from tests.support.orders import wait_terminal
+from tests.support.processes import NodeProcess, NodeProcesses
+from tests.support.services import ApiProcess
+from tests.support.waiting import wait_for
 
 MAX_DELIVER = 3
 NODES = 2
@@ -74,7 +74,7 @@ class Supervisor:
 
 
 @pytest.fixture
-async def api(settings: Settings, broker: Broker, tmp_path: Path) -> AsyncIterator[ApiProcess]:
+async def api(settings: Settings, broker: Handles, tmp_path: Path) -> AsyncIterator[ApiProcess]:
     process = ApiProcess(settings, tmp_path / "api.log")
     try:
         await process.wait_ready()
@@ -83,7 +83,7 @@ async def api(settings: Settings, broker: Broker, tmp_path: Path) -> AsyncIterat
         process.stop()
 
 
-async def wait_parked(broker: Broker, order_id: str, within: float) -> Order:
+async def wait_parked(broker: Handles, order_id: str, within: float) -> Order:
     async def probe() -> Order | None:
         order = await broker.store.get(order_id)
         return order if order.dead_letter is not None else None
@@ -92,7 +92,7 @@ async def wait_parked(broker: Broker, order_id: str, within: float) -> Order:
 
 
 async def test_poison_orders_are_dead_lettered_then_replayed(
-    settings: Settings, broker: Broker, node_processes: NodeProcesses, api: ApiProcess
+    settings: Settings, broker: Handles, node_processes: NodeProcesses, api: ApiProcess
 ) -> None:
     cli = Cli({**os.environ, **settings_env(settings), "ORDERFLOW_API_URL": api.url})
     async with (

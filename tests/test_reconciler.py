@@ -7,17 +7,16 @@ import signal
 
 import msgspec
 
-from nodeapp.model import Item, Order, new_order, new_order_id
-from nodeapp.settings import Settings
-from tests.conftest import Broker
-from tests.orders import wait_terminal
-from tests.processes import NodeProcesses
-from tests.test_cluster import wait_registered
-from tests.waiting import wait_for
+from nodeapp.core.settings import Settings
+from nodeapp.orders.handles import Handles
+from nodeapp.orders.model import Item, Order, new_order, new_order_id
+from tests.support.orders import wait_terminal
+from tests.support.processes import NodeProcesses, wait_registered
+from tests.support.waiting import wait_for
 
 
 async def test_order_without_message_is_redriven_by_one_leader(
-    settings: Settings, broker: Broker, node_processes: NodeProcesses
+    settings: Settings, broker: Handles, node_processes: NodeProcesses
 ) -> None:
     node_processes.settings = msgspec.structs.replace(settings, reconcile_after=1.0)
     nodes = [node_processes.start(f"node-{i}") for i in range(3)]

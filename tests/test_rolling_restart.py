@@ -10,18 +10,17 @@ import signal
 
 import msgspec
 
-from nodeapp.settings import Settings
-from tests.conftest import Broker
-from tests.invariants import assert_history_sane
-from tests.orders import submit, wait_all_terminal
-from tests.processes import NodeProcesses
-from tests.test_cluster import wait_registered
+from nodeapp.core.settings import Settings
+from nodeapp.orders.handles import Handles
+from tests.support.invariants import assert_history_sane
+from tests.support.orders import submit, wait_all_terminal
+from tests.support.processes import NodeProcesses, wait_registered
 
 STEP = 0.5
 
 
 async def test_rolling_restart_loses_nothing_and_stalls_little(
-    settings: Settings, broker: Broker, node_processes: NodeProcesses
+    settings: Settings, broker: Handles, node_processes: NodeProcesses
 ) -> None:
     # A long ack wait: an order left to it would stall ~20 s and fail the stall bound below.
     node_processes.settings = msgspec.structs.replace(

@@ -6,10 +6,10 @@ from __future__ import annotations
 import copy
 from datetime import timedelta
 
-from nodeapp import lifecycle
-from nodeapp.model import Item, Order, new_order, utcnow
-from nodeapp.store import HistoryEntry
-from nodeapp.timeline import describe, timeline
+from nodeapp.orders import lifecycle
+from nodeapp.orders.model import Item, Order, new_order, utcnow
+from nodeapp.orders.store import HistoryEntry
+from nodeapp.orders.timeline import describe, timeline
 
 T0 = utcnow()
 

@@ -13,20 +13,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nodeapp.errors import OrderNotFound
-from nodeapp.model import STEP_NAMES
-from nodeapp.settings import Settings
-from tests.api_fixtures import order_body
-from tests.conftest import Broker
-from tests.otlp import (
+from nodeapp.core.errors import OrderNotFound
+from nodeapp.core.settings import Settings
+from nodeapp.orders.handles import Handles
+from nodeapp.orders.model import STEP_NAMES
+from tests.support.api_fixtures import order_body
+from tests.support.otlp import (
     OtlpReceiver,
     ReceivedSpan,
     exporter_env,
-    receiver_fixture,  # noqa: F401  (registers the "receiver" fixture)
 )
-from tests.processes import NodeProcesses
-from tests.services import ApiProcess
-from tests.waiting import wait_for
+from tests.support.processes import NodeProcesses
+from tests.support.services import ApiProcess
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -156,7 +155,7 @@ async def test_a_failed_order_has_compensation_spans_and_an_error_status(
 
 
 async def test_a_takeover_after_a_crash_continues_the_same_trace(
-    traced_api: ApiProcess, receiver: OtlpReceiver, node_processes: NodeProcesses, broker: Broker
+    traced_api: ApiProcess, receiver: OtlpReceiver, node_processes: NodeProcesses, broker: Handles
 ) -> None:
     crashing = node_processes.start(
         "crashing-node", ORDERFLOW_STEP_SECONDS="1.5", **exporter_env(receiver)

@@ -1,7 +1,7 @@
 """``/cluster``: the live nodes and the backlog, one node, and draining a node remotely.
 
 Nodes are found in the ``nodes`` registry, never by address; a drain travels to the node over
-NATS request/reply (``nodeapp.control``), so the api needs no route to the node's host.
+NATS request/reply (``nodeapp.cluster.control``), so the api needs no route to the node's host.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from litestar.params import FromPath
 
 from api.broker_link import broker_link
 from api.routes.openapi import BROKER_DOWN, json_spec, problem_spec
-from nodeapp.broker import broker_errors
-from nodeapp.clusterview import ClusterView, cluster_view, heartbeat
-from nodeapp.control import DrainReply, is_node_id, request_drain
-from nodeapp.errors import NodeNotFound, NodeUnresponsive
-from nodeapp.membership import Heartbeat
-from nodeapp.model import encode
+from nodeapp.broker.connection import broker_errors
+from nodeapp.cluster.control import DrainReply, is_node_id, request_drain
+from nodeapp.cluster.membership import Heartbeat
+from nodeapp.cluster.view import ClusterView, cluster_view, heartbeat
+from nodeapp.core.errors import NodeNotFound, NodeUnresponsive
+from nodeapp.orders.model import encode
 
 JSON: Final = "application/json"
 AnyRequest = Request[Any, Any, Any]

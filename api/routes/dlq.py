@@ -1,7 +1,8 @@
 """``/dlq``: the dead letters in ``ORDERS_DLQ``, and replaying one order's.
 
 An operator lists what was dead-lettered and why, removes the cause (a fix deployed, bad data
-corrected), then replays: the order resumes from where it stood (``nodeapp.dlq``).
+corrected), then replays: the order resumes from where it stood
+(``nodeapp.cluster.dead_letter_admin``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,14 @@ from litestar.params import FromPath, Parameter
 
 from api.broker_link import broker_link
 from api.routes.openapi import BROKER_DOWN, json_spec, problem_spec
-from nodeapp.dlq import MAX_PAGE, DeadLetterPage, Replayed, list_dead_letters, replay
-from nodeapp.model import encode
+from nodeapp.cluster.dead_letter_admin import (
+    MAX_PAGE,
+    DeadLetterPage,
+    Replayed,
+    list_dead_letters,
+    replay,
+)
+from nodeapp.orders.model import encode
 
 JSON: Final = "application/json"
 AnyRequest = Request[Any, Any, Any]

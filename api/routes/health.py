@@ -18,9 +18,9 @@ from nats.js import JetStreamContext
 from api.broker_link import broker_link
 from api.routes.openapi import json_spec, problem_spec
 from api.schemas import HealthStatus
-from nodeapp.broker import broker_errors
-from nodeapp.model import encode
-from nodeapp.resources import NODES_BUCKET, ORDERS_BUCKET, ORDERS_STREAM, WORKERS_CONSUMER
+from nodeapp.broker.connection import broker_errors
+from nodeapp.broker.resources import NODES_BUCKET, ORDERS_BUCKET, ORDERS_STREAM, WORKERS_CONSUMER
+from nodeapp.orders.model import encode
 
 JSON: Final = "application/json"
 _OK: Final = encode(HealthStatus("ok"))

@@ -1,7 +1,7 @@
 """``GET /orders/{order_id}/history``: every stored revision of an order, oldest first.
 
 Read from the KV history (the bucket keeps 64 revisions per order, a whole life), so it needs no
-event log of its own; ``nodeapp.timeline`` names what changed between revisions.
+event log of its own; ``nodeapp.orders.timeline`` names what changed between revisions.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from litestar.params import FromPath
 
 from api.broker_link import broker_link
 from api.routes.openapi import BROKER_DOWN, json_spec, problem_spec
-from nodeapp.broker import broker_errors
-from nodeapp.errors import OrderNotFound
-from nodeapp.model import ORDER_ID_PATTERN, encode
-from nodeapp.timeline import Revision, timeline
+from nodeapp.broker.connection import broker_errors
+from nodeapp.core.errors import OrderNotFound
+from nodeapp.orders.model import ORDER_ID_PATTERN, encode
+from nodeapp.orders.timeline import Revision, timeline
 
 _ORDER_ID: Final = re.compile(ORDER_ID_PATTERN)
 JSON: Final = "application/json"

@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Request, Response, get
 
 from api.metrics import api_metrics
-from nodeapp.metrics import CONTENT_TYPE
+from nodeapp.cluster.backlog import CONTENT_TYPE
 
 
 @get(

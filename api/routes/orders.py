@@ -24,9 +24,9 @@ from api.schemas import (
     idempotency_key,
     require_json,
 )
-from nodeapp.errors import OrderNotFound
-from nodeapp.intake import OrderRequest
-from nodeapp.model import ORDER_ID_PATTERN, Order, encode
+from nodeapp.core.errors import OrderNotFound
+from nodeapp.orders.intake import OrderRequest
+from nodeapp.orders.model import ORDER_ID_PATTERN, Order, encode
 
 _ORDER_ID: Final = re.compile(ORDER_ID_PATTERN)
 JSON: Final = "application/json"

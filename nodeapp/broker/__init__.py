@@ -1,0 +1,1 @@
+"""NATS and JetStream: the connection, the resources (streams, consumer, buckets), KV reads."""

@@ -1,0 +1,1 @@
+"""The ``orderflow`` command line: parsing, the node process, the operator's client commands."""

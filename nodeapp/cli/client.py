@@ -1,0 +1,265 @@
+"""The operator's client commands: ``order submit|get|watch|history``, ``cluster``,
+``node drain``, ``dlq ls|replay`` (over the api, ``--api-url`` / ``ORDERFLOW_API_URL``) and
+``inspect`` (straight to NATS). Their parser is ``nodeapp.cli.client_parser``.
+
+Tables for people, ``--json`` for scripts. Exit codes: 0 done, 1 no such order, node or dead
+letter, 2 bad arguments or a request the api refused (a replay of a finished order, say),
+3 api or broker unreachable (or answering 5xx), 4 ``watch`` or ``drain --wait`` timed out.
+Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Final
+from urllib.parse import quote, urlsplit
+
+import msgspec
+
+from nodeapp.cli.apiclient import ApiClient, ApiProblem, ApiUnreachable
+from nodeapp.cli.inspection import inspect_at
+from nodeapp.cli.render import (
+    cluster_text,
+    dlq_text,
+    history_text,
+    inspection_text,
+    order_text,
+    watch_line,
+)
+from nodeapp.cluster.control import DrainReply
+from nodeapp.cluster.dead_letter_admin import DeadLetterPage, Replayed
+from nodeapp.cluster.membership import Heartbeat
+from nodeapp.cluster.view import ClusterView
+from nodeapp.core.errors import BrokerUnavailable
+from nodeapp.core.settings import Settings
+from nodeapp.orders.model import Order, encode, utcnow
+from nodeapp.orders.timeline import Revision, describe, newest_time
+
+EXIT_NOT_FOUND: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_UNAVAILABLE: Final = 3
+EXIT_TIMEOUT: Final = 4
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a client command; every failure becomes a message on stderr and an exit code."""
+    _quiet_libraries(settings)
+    name = _command_name(args)
+    api_url = getattr(args, "api_url", None) or settings.api_url
+    if args.command != "inspect" and not _is_http_url(api_url):
+        return _fail(name, f"api URL {api_url!r} is not an http(s) URL", EXIT_USAGE)
+    try:
+        if args.command == "inspect":
+            return _inspect(args, settings)
+        with ApiClient(api_url) as api:
+            return COMMANDS[name](api, args)
+    except ApiUnreachable as exc:
+        return _fail(name, f"{exc} (is `orderflow api` running? set --api-url)", EXIT_UNAVAILABLE)
+    except ApiProblem as exc:
+        return _fail(name, _problem_text(exc), _exit_code(exc.status))
+    except BrokerUnavailable as exc:
+        return _fail(name, f"broker unavailable: {exc}", EXIT_UNAVAILABLE)
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, as other Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    if args.command == "order":
+        return f"order {args.order_action}"
+    if args.command == "node":
+        return f"node {args.node_action}"
+    if args.command == "dlq":
+        return f"dlq {args.dlq_action}"
+    return str(args.command)
+
+
+def _quiet_libraries(settings: Settings) -> None:
+    """A person reads stdout/stderr: no per-request or reconnect log lines unless debugging."""
+    if settings.log_level.upper() != "DEBUG":
+        for name in ("httpx", "httpcore", "orderflow.broker"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _fail(name: str, message: str, code: int) -> int:
+    print(f"orderflow {name}: {message}", file=sys.stderr)
+    return code
+
+
+def _exit_code(status: int) -> int:
+    if status == 404:
+        return EXIT_NOT_FOUND
+    return EXIT_USAGE if status < 500 else EXIT_UNAVAILABLE
+
+
+def _problem_text(exc: ApiProblem) -> str:
+    """The problem's detail, plus each field error it does not already spell out."""
+    extra = [e for e in exc.errors if e.message not in exc.detail]
+    return exc.detail + "".join(f"\n  {e.field}: {e.message}" for e in extra)
+
+
+def _emit(args: argparse.Namespace, value: object, human: Callable[[], str]) -> None:
+    print(encode(value).decode() if args.json else human())
+
+
+class Accepted(msgspec.Struct, frozen=True):
+    """The api's answer to ``POST /orders``."""
+
+    order_id: str
+    status: str
+    start_time: str
+
+
+def _submit(api: ApiClient, args: argparse.Namespace) -> int:
+    body: dict[str, object] = {
+        "customer_id": args.customer,
+        "items": [{"product_id": i.product_id, "quantity": i.quantity} for i in args.items],
+    }
+    if args.amount is not None:
+        body["amount"] = args.amount
+    if args.fail_at is not None:
+        body["fail_at"] = args.fail_at
+    if args.poison_at is not None:
+        body["poison_at"] = args.poison_at
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+    response = api.send("POST", "/orders", json=body, headers=headers)
+    accepted = api.decode(response, Accepted)
+    if args.json:
+        print(encode(accepted).decode())
+        return 0
+    replayed = response.headers.get("Idempotent-Replayed") == "true"
+    note = " (replayed: this Idempotency-Key created it before)" if replayed else ""
+    print(f"order {accepted.order_id} {accepted.status} at {accepted.start_time}{note}")
+    print(f"follow it: orderflow order watch {accepted.order_id}")
+    return 0
+
+
+def _path(*parts: str) -> str:
+    """An api path with each id escaped: a mistyped id must not turn into another route."""
+    return "/" + "/".join(quote(p, safe="") for p in parts)
+
+
+def _get(api: ApiClient, args: argparse.Namespace) -> int:
+    order = api.get(_path("orders", args.order_id), Order)
+    _emit(args, order, lambda: order_text(order))
+    return 0
+
+
+def _history(api: ApiClient, args: argparse.Namespace) -> int:
+    revisions = api.get(_path("orders", args.order_id, "history"), list[Revision])
+    _emit(args, revisions, lambda: history_text(revisions))
+    return 0
+
+
+def _watch(api: ApiClient, args: argparse.Namespace) -> int:
+    """Poll until the order ends, printing each change (several steps may show at once)."""
+    deadline = time.monotonic() + args.timeout
+    seen: Order | None = None
+    while True:
+        order = api.get(_path("orders", args.order_id), Order)
+        if seen is None or order.revision != seen.revision:
+            transition = describe(seen, order) if seen else f"{order.status} ({order.current_step})"
+            line = (
+                encode(order).decode()
+                if args.json
+                else watch_line(order, newest_time(order), transition)
+            )
+            print(line, flush=True)
+            seen = order
+        if order.terminal:
+            return 0
+        if time.monotonic() >= deadline:
+            return _fail(
+                "order watch",
+                f"order {args.order_id} still {order.status} ({order.current_step}) "
+                f"after {args.timeout:g}s",
+                EXIT_TIMEOUT,
+            )
+        time.sleep(args.interval)  # polling is the contract of watch; the api has no push
+
+
+def _cluster(api: ApiClient, args: argparse.Namespace) -> int:
+    view = api.get("/cluster", ClusterView)
+    _emit(args, view, lambda: cluster_text(view, utcnow()))
+    return 0
+
+
+def _drain(api: ApiClient, args: argparse.Namespace) -> int:
+    """Ask for the drain; with ``--wait``, poll until the node has left the registry."""
+    node_id = args.target_node_id
+    reply = api.post(_path("cluster", "nodes", node_id, "drain"), DrainReply)
+    _emit(
+        args,
+        reply,
+        lambda: (
+            f"node {reply.node_id} is {reply.state}: it finishes each order's current "
+            "step, hands the rest back, then exits"
+        ),
+    )
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while True:
+        try:
+            api.get(_path("cluster", "nodes", node_id), Heartbeat)
+        except ApiProblem as exc:
+            if exc.status != 404:
+                raise
+            if not args.json:
+                print(f"node {node_id} has left the cluster")
+            return 0
+        if time.monotonic() >= deadline:
+            message = f"node {node_id} still registered after {args.timeout:g}s"
+            return _fail("node drain", message, EXIT_TIMEOUT)
+        time.sleep(0.5)
+
+
+def _dlq_ls(api: ApiClient, args: argparse.Namespace) -> int:
+    params = {"limit": args.limit} | ({"before": args.before} if args.before else {})
+    page = api.decode(api.send("GET", "/dlq", params=params), DeadLetterPage)
+    _emit(args, page, lambda: dlq_text(page))
+    return 0
+
+
+def _dlq_replay(api: ApiClient, args: argparse.Namespace) -> int:
+    replayed = api.post(_path("dlq", args.order_id, "replay"), Replayed)
+    _emit(
+        args,
+        replayed,
+        lambda: (
+            f"order {replayed.order_id} replayed: {replayed.status} at {replayed.current_step}, "
+            f"dead letter {replayed.dead_letter_seq} removed\n"
+            f"follow it: orderflow order watch {replayed.order_id}"
+        ),
+    )
+    return 0
+
+
+def _inspect(args: argparse.Namespace, settings: Settings) -> int:
+    report = asyncio.run(inspect_at(settings))
+    _emit(args, report, lambda: inspection_text(report))
+    return EXIT_NOT_FOUND if report.missing else 0
+
+
+COMMANDS: Final[dict[str, Callable[[ApiClient, argparse.Namespace], int]]] = {
+    "order submit": _submit,
+    "order get": _get,
+    "order history": _history,
+    "order watch": _watch,
+    "cluster": _cluster,
+    "node drain": _drain,
+    "dlq ls": _dlq_ls,
+    "dlq replay": _dlq_replay,
+}

@@ -1,0 +1,141 @@
+"""The command line of the operator's client commands (``nodeapp.cli.client`` runs them).
+
+Kept apart and light: ``orderflow node`` builds this parser too, and should not pay for
+importing the HTTP client to start a node.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Final
+
+import msgspec
+
+from nodeapp.orders.model import STEP_NAMES
+
+CLIENT_COMMANDS: Final = frozenset({"order", "cluster", "inspect", "dlq"})
+EPILOG: Final = (
+    "exit codes: 0 ok, 1 no such order, node or dead letter, 2 bad arguments (or refused), "
+    "3 api or broker unreachable, 4 timed out"
+)
+
+
+class ItemArg(msgspec.Struct, frozen=True):
+    product_id: str
+    quantity: int
+
+
+def item(text: str) -> ItemArg:
+    """``PRODUCT:QTY``; the product id may itself hold ``:``, so split on the last one."""
+    product, sep, quantity = text.rpartition(":")
+    if not sep or not product:
+        raise argparse.ArgumentTypeError(f"{text!r} is not PRODUCT:QTY (e.g. sku-1:2)")
+    try:
+        count = int(quantity)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: quantity {quantity!r} is not a whole number"
+        ) from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: quantity must be at least 1")
+    return ItemArg(product, count)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+def _page_size(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 500:
+        raise argparse.ArgumentTypeError(f"must be 1-500, not {text}")
+    return value
+
+
+def _client_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--api-url", default=None, help="the api [ORDERFLOW_API_URL]")
+    parent.add_argument("--json", action="store_true", help="print raw JSON (for scripts)")
+    return parent
+
+
+def add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], node: argparse.ArgumentParser
+) -> None:
+    """Add the client commands to ``orderflow``'s parser; ``node`` gains an optional ``drain``."""
+    client = _client_parent()
+    order = sub.add_parser("order", help="submit and follow orders (via the api)", epilog=EPILOG)
+    actions = order.add_subparsers(dest="order_action", required=True, metavar="ACTION")
+
+    submit = actions.add_parser("submit", parents=[client], help="submit an order", epilog=EPILOG)
+    submit.add_argument("--customer", required=True, help="customer id")
+    submit.add_argument(
+        "--item", dest="items", type=item, action="append", required=True,
+        metavar="PRODUCT:QTY", help="an item; repeat for more",
+    )  # fmt: skip
+    submit.add_argument("--amount", default=None, help="decimal amount, e.g. 19.99")
+    submit.add_argument("--fail-at", choices=STEP_NAMES, default=None, help="force a step to fail")
+    submit.add_argument(
+        "--poison-at", choices=STEP_NAMES, default=None,
+        help="crash every node that reaches this step (fault injection; ends dead-lettered)",
+    )  # fmt: skip
+    submit.add_argument("--idempotency-key", default=None, help="retry-safe submit key")
+
+    for name, text in (("get", "show an order"), ("history", "every revision of an order")):
+        actions.add_parser(name, parents=[client], help=text, epilog=EPILOG).add_argument(
+            "order_id"
+        )
+    watch = actions.add_parser(
+        "watch", parents=[client], help="follow an order until it ends", epilog=EPILOG
+    )
+    watch.add_argument("order_id")
+    watch.add_argument("--timeout", type=_positive, default=120.0, help="give up after (s)")
+    watch.add_argument("--interval", type=_positive, default=0.5, help="poll every (s)")
+
+    sub.add_parser(
+        "cluster", parents=[client], help="nodes, backlog, buckets (via the api)", epilog=EPILOG
+    )
+    inspect_cmd = sub.add_parser(
+        "inspect", help="streams, consumer, buckets straight from NATS", epilog=EPILOG
+    )
+    inspect_cmd.add_argument("--nats-url", dest="nats_url", default=None, help="[NATS_URL]")
+    inspect_cmd.add_argument("--json", action="store_true", help="print raw JSON")
+
+    _add_dlq(sub, client)
+
+    node_actions = node.add_subparsers(dest="node_action", metavar="ACTION")
+    drain = node_actions.add_parser(
+        "drain", parents=[client], help="drain a running node (via the api)", epilog=EPILOG
+    )
+    drain.add_argument("target_node_id", metavar="NODE_ID")
+    drain.add_argument("--wait", action="store_true", help="return once it has left the cluster")
+    drain.add_argument(
+        "--timeout", type=_positive, default=60.0, help="with --wait: give up after (s)"
+    )
+
+
+def _add_dlq(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], client: argparse.ArgumentParser
+) -> None:
+    dlq = sub.add_parser("dlq", help="dead letters: list and replay (via the api)", epilog=EPILOG)
+    actions = dlq.add_subparsers(dest="dlq_action", required=True, metavar="ACTION")
+    ls = actions.add_parser(
+        "ls", parents=[client], help="list dead letters, newest first", epilog=EPILOG
+    )
+    ls.add_argument("--limit", type=_page_size, default=50, help="entries per page (1-500)")
+    ls.add_argument("--before", type=int, default=None, help="only entries below this SEQ")
+    replay = actions.add_parser(
+        "replay",
+        parents=[client],
+        help="resume a dead-lettered order from where it stood (remove the cause first)",
+        epilog=EPILOG,
+    )
+    replay.add_argument("order_id")
+
+
+def handles(args: argparse.Namespace) -> bool:
+    """True for the commands this module runs (``orderflow node`` alone runs a node)."""
+    return args.command in CLIENT_COMMANDS or getattr(args, "node_action", None) is not None

@@ -1,0 +1,1 @@
+"""The cluster: membership, control requests, the reconciler, dead letters, the cluster view."""

@@ -1,0 +1,1 @@
+"""Cross-cutting foundations: settings, errors, logging, tracing. Imports nothing of orderflow."""

@@ -1,0 +1,1 @@
+"""Running orderflow on one machine: the nats-server binary, child processes, ``orderflow up``."""

@@ -1,0 +1,188 @@
+"""Accepting an order: store its document, then publish its work message.
+
+The api and the benchmarks both submit through ``Intake``. Order of writes: (idempotency key),
+order document, work message. A failure after the document is stored is undone best-effort so a
+request answered with an error leaves nothing that is processed later; what cannot be undone
+(the broker vanished mid-request) is an order without a message, which the reconciler re-drives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from decimal import Decimal
+from typing import Annotated, Final
+
+import msgspec
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from nodeapp.broker.connection import broker_errors
+from nodeapp.broker.resources import WORK_SUBJECT
+from nodeapp.core.errors import (
+    BrokerUnavailable,
+    IdempotencyConflict,
+    OrderExists,
+    OrderflowError,
+    OrderNotFound,
+)
+from nodeapp.core.tracing import inject_headers, publish_span
+from nodeapp.orders.model import Item, Order, WorkMessage, encode, new_order, new_order_id
+from nodeapp.orders.store import OrderStore
+
+log = logging.getLogger("orderflow.intake")
+
+NAME_PATTERN: Final = r"^[A-Za-z0-9._:\-]+$"
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+MAX_AMOUNT: Final = Decimal(1_000_000_000)
+
+
+class ItemRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    product_id: Name
+    quantity: Quantity
+
+
+class OrderRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What a customer submits. ``amount`` takes a JSON number or string; it is checked by
+    ``amount_problem`` because msgspec constraints do not cover decimals."""
+
+    customer_id: Name
+    items: Annotated[list[ItemRequest], msgspec.Meta(min_length=1, max_length=100)]
+    amount: Decimal | None = None
+    fail_at: str | None = None
+    poison_at: str | None = None
+
+
+def amount_problem(amount: Decimal | None) -> str | None:
+    """Why ``amount`` is unacceptable, or None."""
+    if amount is None:
+        return None
+    if not amount.is_finite():
+        return "must be a finite number"
+    if amount < 0 or amount > MAX_AMOUNT:
+        return "must be between 0 and 1000000000"
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -2 and amount != amount.quantize(Decimal("0.01")):
+        return "must have at most 2 fractional digits"
+    return None
+
+
+class IdempotencyRecord(msgspec.Struct):
+    order_id: str
+    body_hash: str
+
+
+_record_decoder = msgspec.json.Decoder(IdempotencyRecord)
+
+
+def _body_hash(request: OrderRequest) -> str:
+    return hashlib.sha256(encode(request)).hexdigest()
+
+
+def idempotency_kv_key(key: str) -> str:
+    """KV keys allow few characters; the client's key (any visible ASCII) is hashed."""
+    return "k" + hashlib.sha256(key.encode()).hexdigest()
+
+
+class SubmitResult(msgspec.Struct, frozen=True):
+    order: Order
+    created: bool
+
+
+class Intake:
+    """Turns validated requests into stored, published orders."""
+
+    def __init__(self, js: JetStreamContext, store: OrderStore, idempotency: KeyValue) -> None:
+        self.js = js
+        self.store = store
+        self.idempotency = idempotency
+
+    async def submit(
+        self, request: OrderRequest, idempotency_key: str | None = None
+    ) -> SubmitResult:
+        if idempotency_key is None:
+            return SubmitResult(
+                order=await self._create(new_order_id(), request, None), created=True
+            )
+        kv_key = idempotency_kv_key(idempotency_key)
+        record = IdempotencyRecord(order_id=new_order_id(), body_hash=_body_hash(request))
+        with broker_errors("claiming Idempotency-Key"):
+            try:
+                revision = await self.idempotency.create(kv_key, encode(record))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                revision = None
+        if revision is None:
+            return await self._replay(kv_key, record, request, idempotency_key)
+        # On failure the key stays bound to this order id: a store write that timed out may
+        # still have been applied, and only a retry with the same key can then find the order
+        # again (``_replay``) instead of storing a second one.
+        order = await self._create(record.order_id, request, idempotency_key)
+        return SubmitResult(order=order, created=True)
+
+    async def _replay(
+        self, kv_key: str, mine: IdempotencyRecord, request: OrderRequest, key: str
+    ) -> SubmitResult:
+        with broker_errors("reading Idempotency-Key"):
+            entry = await self.idempotency.get(kv_key)
+        theirs = _record_decoder.decode(entry.value or b"{}")
+        if theirs.body_hash != mine.body_hash:
+            raise IdempotencyConflict(theirs.order_id)
+        try:
+            order = await self.store.get(theirs.order_id)
+        except OrderNotFound:
+            pass
+        else:
+            await self._publish_if_waiting(order)
+            return SubmitResult(order=order, created=False)
+        # The first request with this key is mid-way (or died after claiming it): finish its job.
+        # Both writes are idempotent: create fails on an existing key, the publish is deduplicated.
+        try:
+            order = await self._create(theirs.order_id, request, key)
+        except OrderExists:
+            order = await self.store.get(theirs.order_id)
+            await self._publish_if_waiting(order)
+        return SubmitResult(order=order, created=False)
+
+    async def _publish_if_waiting(self, order: Order) -> None:
+        """Publish again for an order no node has claimed yet: the first request may have
+        stopped between storing it and publishing (or its publish failed and so did the
+        withdraw), and its retry must not leave the order to the reconciler. When the first
+        publish did get through, the broker drops this one (``Nats-Msg-Id``)."""
+        if order.status == "accepted" and order.dead_letter is None:
+            await self.publish(order.order_id)
+
+    async def _create(self, order_id: str, request: OrderRequest, key: str | None) -> Order:
+        order = new_order(
+            order_id,
+            request.customer_id,
+            [Item(i.product_id, i.quantity) for i in request.items],
+            request.amount,
+            fail_at=request.fail_at,
+            poison_at=request.poison_at,
+            idempotency_key=key,
+        )
+        revision = await self.store.create(order)
+        try:
+            await self.publish(order_id)
+        except BrokerUnavailable:
+            await self._withdraw(order_id, revision)
+            raise
+        return order
+
+    async def publish(self, order_id: str) -> None:
+        """Publish the order's work message; the broker drops a duplicate within its window."""
+        with publish_span(WORK_SUBJECT, order_id):
+            headers = inject_headers({"Nats-Msg-Id": order_id})
+            with broker_errors(f"publishing order {order_id}"):
+                await self.js.publish(WORK_SUBJECT, encode(WorkMessage(order_id)), headers=headers)
+
+    async def _withdraw(self, order_id: str, revision: int) -> None:
+        try:
+            await self.store.delete(order_id, revision)
+        except OrderflowError as exc:
+            log.warning(
+                "could not withdraw order after failed publish; the reconciler will re-drive it",
+                extra={"event": "order.withdraw_failed", "order_id": order_id, "error": str(exc)},
+            )

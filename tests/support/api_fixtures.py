@@ -1,0 +1,131 @@
+"""Api fixtures and helpers: an app from ``create_app`` on the test's own nats-server, reached
+in-process through ``httpx.ASGITransport`` with its lifespan entered in the test's event loop.
+
+``conftest.py`` registers this module as a plugin, so tests ask for the ``api`` fixture by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
+from typing import Any, cast
+
+import httpx
+import pytest
+from litestar import Litestar
+
+from api import create_app
+from nodeapp.broker.resources import ORDERS_STREAM
+from nodeapp.core.settings import Settings
+from nodeapp.orders.handles import Handles
+from nodeapp.orders.store import live_keys
+from tests.support.waiting import wait_for
+
+PROBLEM_JSON = "application/problem+json"
+BASE_URL = "http://orderflow.test"
+
+
+def order_body(**changes: Any) -> dict[str, Any]:
+    """A valid order body with some fields replaced."""
+    body: dict[str, Any] = {
+        "customer_id": "cust-1",
+        "items": [{"product_id": "sku-1", "quantity": 2}],
+        "amount": "12.50",
+    }
+    body.update(changes)
+    return body
+
+
+Event = MutableMapping[str, Any]
+ASGI = Callable[
+    [Event, Callable[[], Awaitable[Event]], Callable[[Event], Awaitable[None]]],
+    Coroutine[Any, Any, None],
+]
+
+
+def _asgi(app: Litestar) -> ASGI:
+    """Litestar's precise ASGI types, loosened to the plain-dict shape httpx expects."""
+    return cast(ASGI, app)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    """Drive the ASGI lifespan protocol from a task of its own, as uvicorn does.
+
+    Entering ``app.lifespan()`` directly would tie its cancel scopes to the current task, and
+    pytest-asyncio sets a fixture up and tears it down in different tasks.
+    """
+    to_app: asyncio.Queue[Event] = asyncio.Queue()
+    from_app: asyncio.Queue[Event] = asyncio.Queue()
+    scope: Event = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    task = asyncio.create_task(_asgi(app)(scope, to_app.get, from_app.put))
+    await to_app.put({"type": "lifespan.startup"})
+    started = await from_app.get()
+    assert started["type"] == "lifespan.startup.complete", started
+    try:
+        yield
+    finally:
+        await to_app.put({"type": "lifespan.shutdown"})
+        stopped = await from_app.get()
+        await task
+        assert stopped["type"] == "lifespan.shutdown.complete", stopped
+
+
+@contextlib.asynccontextmanager
+async def client_for(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """Run ``app``'s lifespan and yield a client talking to it in-process."""
+    transport = httpx.ASGITransport(app=_asgi(app))
+    async with lifespan(app), httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+        yield client
+
+
+def running_api(settings: Settings) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+    """The app for ``settings``, running, and a client for it."""
+    return client_for(create_app(settings))
+
+
+async def wait_ready(client: httpx.AsyncClient, within: float = 15.0) -> None:
+    async def ready() -> bool:
+        return (await client.get("/readyz")).status_code == 200
+
+    await wait_for(ready, within)
+
+
+@pytest.fixture(name="api")
+async def api_fixture(settings: Settings, broker: Handles) -> AsyncIterator[httpx.AsyncClient]:
+    """A ready api on the test's broker (``broker`` has created the resources first)."""
+    async with running_api(settings) as client:
+        await wait_ready(client)
+        yield client
+
+
+async def order_keys(broker: Handles) -> list[str]:
+    """Ids of the order documents stored (deleted ones excluded)."""
+    return await live_keys(broker.buckets.orders)
+
+
+async def work_messages(broker: Handles) -> int:
+    """Messages on the ORDERS stream; no node runs in api tests, so none is consumed."""
+    info = await broker.js.stream_info(ORDERS_STREAM)
+    messages: int = info.state.messages
+    return messages
+
+
+async def assert_nothing_stored(broker: Handles) -> None:
+    assert await order_keys(broker) == []
+    assert await work_messages(broker) == 0
+
+
+def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> Any:
+    """An RFC 9457 problem with ``status``; when ``field`` is given, ``errors`` must name it."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+    problem = response.json()
+    assert problem["status"] == status
+    assert problem["type"].startswith(("https://orderflow.dev/problems/", "about:blank"))
+    assert problem["title"]
+    assert problem["detail"]
+    if field is not None:
+        assert field in [e["field"] for e in problem["errors"]], problem
+    return problem

@@ -1,0 +1,24 @@
+"""An in-process node for tests that need no separate process (the broker is still real)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from nodeapp.broker.connection import connection
+from nodeapp.core.settings import Settings
+from nodeapp.worker.node import Node, start_node
+
+
+@contextlib.asynccontextmanager
+async def running_node(settings: Settings, node_id: str = "test-node") -> AsyncIterator[Node]:
+    """Run a node for the body of the ``async with``; drain it on the way out."""
+    async with connection(settings, node_id) as nc:
+        node = await start_node(settings, nc, node_id)
+        task = asyncio.create_task(node.run())
+        try:
+            yield node
+        finally:
+            node.drain()
+            await task
