@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -36,6 +37,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     request_timeout: float = 1.5
     log_level: str = "INFO"
     log_format: str = "json"
+    # The shop (ADR 0010).
+    payment_url: str = ""  # empty: the api hosts the simulated gateway under /sim/payments
+    payment_secret: str = ""  # HMAC key of gateway callbacks; `up` generates one when unset
+    payment_delay: float = 0.2
+    payment_timeout: float = 10.0
+    notify_webhook: str = ""  # empty: notifications are recorded, not sent anywhere
+    notify_secret: str = ""
+    order_sla: float = 300.0
+
+    def __repr__(self) -> str:
+        """Secrets never reach a log line or an error message through ``repr``."""
+        shown = {
+            f: "***" if f in SECRET_FIELDS and getattr(self, f) else getattr(self, f)
+            for f in self.__struct_fields__
+        }
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @property
     def nats_servers(self) -> list[str]:
@@ -56,6 +73,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             (0 <= self.ops_port < 65536, "ORDERFLOW_OPS_PORT", "must be a TCP port or 0"),
             (self.reconcile_after > 0, "ORDERFLOW_RECONCILE_AFTER", "must be > 0"),
             (self.request_timeout > 0, "ORDERFLOW_REQUEST_TIMEOUT", "must be > 0"),
+            (self.payment_delay >= 0, "ORDERFLOW_PAYMENT_DELAY", "must be >= 0"),
+            (self.payment_timeout > 0, "ORDERFLOW_PAYMENT_TIMEOUT", "must be > 0"),
+            (self.order_sla > 0, "ORDERFLOW_ORDER_SLA", "must be > 0"),
+            (_http_or_empty(self.payment_url), "ORDERFLOW_PAYMENT_URL", HTTP_URL),
+            (_http_or_empty(self.notify_webhook), "ORDERFLOW_NOTIFY_WEBHOOK", HTTP_URL),
             (bool(self.nats_servers), "NATS_URL", "must name at least one server"),
             (
                 self.log_format in ("json", "console"),
@@ -67,6 +89,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             if not ok:
                 raise SettingsError(name, why)
         return self
+
+
+SECRET_FIELDS: Final = frozenset({"payment_secret", "notify_secret"})
+HTTP_URL: Final = "must be an http(s) URL (or empty)"
+
+
+def _http_or_empty(url: str) -> bool:
+    parts = urlsplit(url)
+    return not url or (parts.scheme in ("http", "https") and bool(parts.netloc))
 
 
 def _bool(raw: str) -> bool:
@@ -98,6 +129,13 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ORDERFLOW_REQUEST_TIMEOUT": ("request_timeout", float),
     "ORDERFLOW_LOG_LEVEL": ("log_level", str),
     "ORDERFLOW_LOG_FORMAT": ("log_format", str),
+    "ORDERFLOW_PAYMENT_URL": ("payment_url", str),
+    "ORDERFLOW_PAYMENT_SECRET": ("payment_secret", str),
+    "ORDERFLOW_PAYMENT_DELAY": ("payment_delay", float),
+    "ORDERFLOW_PAYMENT_TIMEOUT": ("payment_timeout", float),
+    "ORDERFLOW_NOTIFY_WEBHOOK": ("notify_webhook", str),
+    "ORDERFLOW_NOTIFY_SECRET": ("notify_secret", str),
+    "ORDERFLOW_ORDER_SLA": ("order_sla", float),
 }
 
 FIELD_TO_ENV = {field: name for name, (field, _) in ENV.items()}
@@ -118,7 +156,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         try:
             values[field] = parse(raw.strip())
         except ValueError as exc:
-            raise SettingsError(name, f"cannot parse {raw!r}: {exc}") from None
+            shown = "the value" if field in SECRET_FIELDS else repr(raw)
+            raise SettingsError(name, f"cannot parse {shown}: {exc}") from None
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values).validate()
 

@@ -24,9 +24,36 @@ StepStatus = Literal["pending", "running", "completed", "failed", "rolled_back"]
 TERMINAL_STATUSES: Final = frozenset({"completed", "failed"})
 
 
+PaymentStatus = Literal[
+    "pending", "authorized", "declined", "timed_out", "captured", "voided", "refunded"
+]  # fmt: skip
+
+
 class Item(msgspec.Struct, frozen=True):
+    """One line of the order; ``unit_price`` is the catalog's price when it was submitted."""
+
     product_id: str
     quantity: int
+    unit_price: Decimal | None = None
+
+
+class Contact(msgspec.Struct, frozen=True):
+    """Where the customer's notifications go (the webhook stands in for e-mail and SMS)."""
+
+    email: str | None = None
+    phone: str | None = None
+
+
+class Payment(msgspec.Struct):
+    """The order's payment as the gateway's answers left it; times say when each happened."""
+
+    payment_id: str
+    status: PaymentStatus
+    amount: Decimal | None
+    authorized_at: datetime | None = None
+    captured_at: datetime | None = None
+    voided_at: datetime | None = None
+    refunded_at: datetime | None = None
 
 
 class StepRecord(msgspec.Struct):
@@ -83,6 +110,9 @@ class Order(msgspec.Struct):
     # A bare string is the reason alone, as documents written before the mark had fields.
     dead_letter: DeadLetterMark | str | None = None
     poison_at: str | None = None
+    payment_token: str | None = None
+    payment: Payment | None = None
+    contact: Contact | None = None
 
     @property
     def terminal(self) -> bool:
