@@ -11,14 +11,15 @@ from litestar.openapi import OpenAPIConfig
 
 from api.broker_link import STATE_KEY, BrokerLink
 from api.metrics import METRICS_KEY, ApiMetrics
+from api.paths import SCHEMA
 from api.problems import EXCEPTION_HANDLERS
 from api.routes import ROUTE_HANDLERS
 from api.routes.metrics import metrics as metrics_route
-from api.schemas import MAX_BODY_BYTES
 from api.tracing import tracing_middleware, tracing_plugin
 from nodeapp import __version__
 from nodeapp.core.settings import Settings
 from nodeapp.core.tracing import recording
+from nodeapp.orders.requests import MAX_BODY_BYTES
 
 
 def create_app(settings: Settings, *, traced: bool | None = None) -> Litestar:
@@ -42,7 +43,7 @@ def create_app(settings: Settings, *, traced: bool | None = None) -> Litestar:
             title="orderflow",
             version=__version__,
             description="Submit orders and follow them through their steps.",
-            path="/schema",
+            path=SCHEMA,
         ),
         logging_config=None,  # the process configures logging (json or console), not Litestar
     )

@@ -2,9 +2,9 @@
 
 A load balancer should see the process alive (``/healthz``) and not ready (``/readyz`` 503) while
 NATS is away, rather than a crash loop; routes that need the broker answer 503 until the link is
-up. The link's task owns the connection: it connects, creates the JetStream resources (retrying
-with backoff), then holds the connection until the lifespan cancels it, and drains it on the way
-out.
+up. The link's task owns the connection: it connects, opens the broker handles
+(``nodeapp.orders.handles``, which creates the JetStream resources), retrying with backoff, then
+holds the connection until the lifespan cancels it, and drains it on the way out.
 """
 
 from __future__ import annotations
@@ -13,18 +13,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Final
 
-import msgspec
 import nats.errors
-from litestar import Litestar, Request
+from litestar import Litestar
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from nodeapp.broker.connection import connection, jetstream
-from nodeapp.broker.resources import Buckets, ensure_resources
-from nodeapp.core.errors import BrokerUnavailable
+from api.responses import AnyRequest
+from nodeapp.broker.connection import connection
+from nodeapp.broker.resources import Buckets
+from nodeapp.core.errors import BrokerUnavailable, OrderflowError
 from nodeapp.core.settings import Settings
+from nodeapp.orders.handles import Handles, open_handles
 from nodeapp.orders.intake import Intake
 from nodeapp.orders.store import OrderStore
 
@@ -35,24 +36,14 @@ CLIENT_NAME: Final = "orderflow-api"
 MAX_BACKOFF: Final = 5.0
 
 
-class _Handles(msgspec.Struct, frozen=True):
-    """What routes need, present together once the link is up."""
-
-    nc: NATS
-    js: JetStreamContext
-    buckets: Buckets
-    store: OrderStore
-    intake: Intake
-
-
 class BrokerLink:
     """Routes ask it for the store and intake; it raises ``BrokerUnavailable`` while down."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._handles: _Handles | None = None
+        self._handles: Handles | None = None
 
-    def _up(self) -> _Handles:
+    def _up(self) -> Handles:
         handles = self._handles
         if handles is None:
             raise BrokerUnavailable("not connected to the broker yet")
@@ -93,21 +84,17 @@ class BrokerLink:
         while True:
             try:
                 await self._hold_connection()
-            except (BrokerUnavailable, nats.errors.Error) as exc:
-                # nats.errors.Error: JetStream refused a resource (limits, config); an operator
-                # can fix that while we keep answering 503, so retry rather than give up.
+            except (OrderflowError, nats.errors.Error) as exc:
+                # Besides the broker being away, JetStream may refuse a resource (limits,
+                # config); an operator can fix that while we answer 503, so retry, not give up.
                 log.warning("broker link not ready, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
 
     async def _hold_connection(self) -> None:
-        """Connect (nats-py retries until a server answers), create resources, then wait."""
+        """Connect (nats-py retries until a server answers), open the handles, then wait."""
         async with connection(self.settings, CLIENT_NAME) as nc:
-            js = jetstream(nc, self.settings)
-            buckets = await ensure_resources(js, self.settings)
-            store = OrderStore(buckets.orders)
-            intake = Intake(js, store, buckets.idempotency)
-            self._handles = _Handles(nc, js, buckets, store, intake)
+            self._handles = await open_handles(nc, self.settings)
             log.info("broker link ready", extra={"event": "api.broker_ready"})
             try:
                 await asyncio.Event().wait()  # hold the connection until cancelled
@@ -120,7 +107,7 @@ def _report_crash(task: asyncio.Task[None]) -> None:
         log.error("broker link failed; the api stays unready", exc_info=exc)
 
 
-def broker_link(request: Request[Any, Any, Any]) -> BrokerLink:
+def broker_link(request: AnyRequest) -> BrokerLink:
     """The link ``create_app`` put in the app's state."""
     link: BrokerLink = request.app.state[STATE_KEY]
     return link

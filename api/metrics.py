@@ -18,10 +18,11 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from api.broker_link import BrokerLink
+from api.paths import ORDERS
 from nodeapp.cluster.backlog import BacklogProbe
 
 METRICS_KEY: Final = "metrics"
-SUBMIT: Final = ("POST", "/orders")
+SUBMIT: Final = ("POST", ORDERS)
 SUBMIT_OUTCOMES: Final = ("accepted", "replayed", "rejected", "unavailable", "error")
 REQUEST_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _REPLAYED: Final = b"idempotent-replayed"

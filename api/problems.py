@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Final
 
 import msgspec
-from litestar import Request, Response
+from litestar import Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
+from api.responses import AnyRequest
 from api.schemas import Problem, ProblemFieldError
 from nodeapp.core.errors import (
     BrokerUnavailable,
@@ -51,8 +52,6 @@ _TYPES: Final = {
     504: "gateway-timeout",
 }
 _encoder: Final = msgspec.json.Encoder()
-
-AnyRequest = Request[Any, Any, Any]
 
 
 def _title(status: int) -> str:

@@ -16,8 +16,10 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlu
 from litestar.types import ASGIApp, Receive, Scope, Send
 from opentelemetry import trace
 
+from api.paths import HEALTHZ, METRICS, READYZ, SCHEMA
+
 # Probes and scrapes arrive every few seconds and would bury the orders in Jaeger.
-UNTRACED_PATHS: Final = ["^/healthz$", "^/readyz$", "^/metrics$", "^/schema"]
+UNTRACED_PATHS: Final = [f"^{HEALTHZ}$", f"^{READYZ}$", f"^{METRICS}$", f"^{SCHEMA}"]
 
 
 def _span_details(scope: Scope) -> tuple[str, dict[str, Any]]:

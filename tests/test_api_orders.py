@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import re
 
 import httpx
 import pytest
 
 from nodeapp.orders.handles import Handles
-from nodeapp.orders.model import ORDER_ID_PATTERN, STEP_NAMES
+from nodeapp.orders.model import STEP_NAMES, is_order_id
 from tests.support.api_fixtures import (
     assert_nothing_stored,
     assert_problem,
@@ -47,7 +46,7 @@ async def test_submit_then_read_shows_the_pending_order(
     assert order["start_time"] == accepted["start_time"]
     assert order["complete_time"] is None
     assert order["customer_id"] == "cust-1"
-    assert order["items"] == [{"product_id": "sku-1", "quantity": 2}]
+    assert order["items"] == [{"product_id": "sku-1", "quantity": 2, "unit_price": None}]
     assert order["amount"] == "12.50"
     assert [s["name"] for s in order["steps"]] == list(STEP_NAMES)
     assert all(s["status"] == "pending" for s in order["steps"])
@@ -81,7 +80,7 @@ async def test_order_ids_are_distinct_ulids(api: httpx.AsyncClient, broker: Hand
     responses = await asyncio.gather(*(api.post("/orders", json=order_body()) for _ in range(20)))
     ids = {r.json()["order_id"] for r in responses}
     assert len(ids) == 20
-    assert all(re.fullmatch(ORDER_ID_PATTERN, i) for i in ids)
+    assert all(is_order_id(i) for i in ids)
     assert sorted(await order_keys(broker)) == sorted(ids)
     assert await work_messages(broker) == 20
 
@@ -164,12 +163,17 @@ async def test_openapi_describes_the_order_body(api: httpx.AsyncClient) -> None:
     assert response.status_code == 200
     doc = response.json()
     submit = doc["paths"]["/orders"]["post"]
-    schema = submit["requestBody"]["content"]["application/json"]["schema"]
-    assert schema == {"$ref": "#/components/schemas/OrderRequest"}
-    order_request = doc["components"]["schemas"]["OrderRequest"]
+    assert submit["requestBody"]["required"] is True
+    order_request = submit["requestBody"]["content"]["application/json"]["schema"]
+    assert order_request["title"] == "OrderRequest"
     properties = {"customer_id", "items", "amount", "fail_at", "poison_at"}
     assert set(order_request["properties"]) == properties
-    assert order_request["properties"]["items"]["maxItems"] == 100
+    assert order_request["required"] == ["customer_id", "items"]
+    assert order_request["additionalProperties"] is False  # unknown fields are refused
+    items = order_request["properties"]["items"]
+    assert (items["minItems"], items["maxItems"]) == (1, 100)
+    quantity = items["items"]["properties"]["quantity"]
+    assert (quantity["type"], quantity["minimum"], quantity["maximum"]) == ("integer", 1, 10_000)
     assert set(submit["responses"]) >= {"202", "400", "413", "415", "422", "503"}
     problem = submit["responses"]["422"]["content"]["application/problem+json"]["schema"]
     assert problem == {"$ref": "#/components/schemas/Problem"}

@@ -10,8 +10,10 @@ import pytest
 from litestar import get
 
 from api import create_app
+from nodeapp.core.errors import InvalidOrder
 from nodeapp.core.settings import Settings
 from nodeapp.orders.handles import Handles
+from nodeapp.orders.requests import decode_order_request
 from tests.support.api_fixtures import (
     assert_nothing_stored,
     assert_problem,
@@ -84,6 +86,24 @@ async def test_invalid_field_is_422_naming_it(
     assert problem["type"] == "https://orderflow.dev/problems/validation"
     assert field in problem["detail"]
     await assert_nothing_stored(broker)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"), [case[1:] for case in BAD_FIELDS], ids=[case[0] for case in BAD_FIELDS]
+)
+def test_every_submitter_gets_the_same_checks(body: dict[str, Any], field: str) -> None:
+    """The benchmarks and other direct submitters decode through the api's own checks."""
+    with pytest.raises(InvalidOrder) as refused:
+        decode_order_request(msgspec.json.encode(body), fault_injection=True)
+    assert refused.value.status == 422
+    assert field in [e.field for e in refused.value.errors]
+
+
+def test_direct_submit_over_64_kib_is_refused() -> None:
+    body = msgspec.json.encode(order_body(customer_id="c" * (64 * 1024)))
+    with pytest.raises(InvalidOrder) as refused:
+        decode_order_request(body, fault_injection=True)
+    assert refused.value.status == 413
 
 
 BAD_BODIES: list[tuple[str, bytes]] = [

@@ -7,26 +7,26 @@ NATS request/reply (``nodeapp.cluster.control``), so the api needs no route to t
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+from typing import Final
 
-from litestar import Request, Response, get, post
+from litestar import Response, get, post
 from litestar.params import FromPath
 
 from api.broker_link import broker_link
-from api.routes.openapi import BROKER_DOWN, json_spec, problem_spec
+from api.paths import CLUSTER, NODE, NODE_DRAIN
+from api.responses import AnyRequest, json_response
+from api.routes.openapi import BROKER_DOWN, json_spec, lookup_responses, problem_spec
 from nodeapp.broker.connection import broker_errors
 from nodeapp.cluster.control import DrainReply, is_node_id, request_drain
 from nodeapp.cluster.membership import Heartbeat
 from nodeapp.cluster.view import ClusterView, cluster_view, heartbeat
 from nodeapp.core.errors import NodeNotFound, NodeUnresponsive
-from nodeapp.orders.model import encode
 
-JSON: Final = "application/json"
-AnyRequest = Request[Any, Any, Any]
+NO_NODE: Final = "No live node with that id"
 
 
 @get(
-    "/cluster",
+    CLUSTER,
     summary="Cluster state",
     description=(
         "Live nodes (their heartbeats from the KV bucket `nodes`), the work stream `ORDERS`, its "
@@ -38,7 +38,7 @@ AnyRequest = Request[Any, Any, Any]
 async def get_cluster(request: AnyRequest) -> Response[bytes]:
     link = broker_link(request)
     view = await cluster_view(link.jetstream(), link.buckets(), link.settings.request_timeout)
-    return Response(encode(view), media_type=JSON)
+    return json_response(view)
 
 
 async def _registered(request: AnyRequest, node_id: str) -> Heartbeat:
@@ -55,21 +55,17 @@ async def _registered(request: AnyRequest, node_id: str) -> Heartbeat:
 
 
 @get(
-    "/cluster/nodes/{node_id:str}",
+    NODE,
     summary="One node",
     description="The node's latest heartbeat: state, concurrency, in-flight orders, counters.",
-    responses={
-        200: json_spec(Heartbeat, "The node's heartbeat"),
-        404: problem_spec("No live node with that id"),
-        503: BROKER_DOWN,
-    },
+    responses=lookup_responses(Heartbeat, "The node's heartbeat", NO_NODE),
 )
 async def get_node(request: AnyRequest, node_id: FromPath[str]) -> Response[bytes]:
-    return Response(encode(await _registered(request, node_id)), media_type=JSON)
+    return json_response(await _registered(request, node_id))
 
 
 @post(
-    "/cluster/nodes/{node_id:str}/drain",
+    NODE_DRAIN,
     status_code=202,
     summary="Drain a node",
     description=(
@@ -79,7 +75,7 @@ async def get_node(request: AnyRequest, node_id: FromPath[str]) -> Response[byte
     ),
     responses={
         202: json_spec(DrainReply, "The node is draining"),
-        404: problem_spec("No live node with that id"),
+        404: problem_spec(NO_NODE),
         502: problem_spec("The node refused or answered something unreadable"),
         503: problem_spec("The node is registered but nothing answers its drain subject"),
         504: problem_spec("The node is registered but did not answer in time"),
@@ -94,4 +90,4 @@ async def drain_node(request: AnyRequest, node_id: FromPath[str]) -> Response[by
     except NodeUnresponsive:
         await _registered(request, node_id)  # NodeNotFound when it is simply not there
         raise
-    return Response(encode(reply), status_code=202, media_type=JSON)
+    return json_response(reply, status_code=202)

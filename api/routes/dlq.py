@@ -7,12 +7,14 @@ corrected), then replays: the order resumes from where it stood
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from typing import Annotated
 
-from litestar import Request, Response, get, post
+from litestar import Response, get, post
 from litestar.params import FromPath, Parameter
 
 from api.broker_link import broker_link
+from api.paths import DEAD_LETTER_REPLAY, DEAD_LETTERS, order_location
+from api.responses import AnyRequest, json_response
 from api.routes.openapi import BROKER_DOWN, json_spec, problem_spec
 from nodeapp.cluster.dead_letter_admin import (
     MAX_PAGE,
@@ -21,14 +23,10 @@ from nodeapp.cluster.dead_letter_admin import (
     list_dead_letters,
     replay,
 )
-from nodeapp.orders.model import encode
-
-JSON: Final = "application/json"
-AnyRequest = Request[Any, Any, Any]
 
 
 @get(
-    "/dlq",
+    DEAD_LETTERS,
     summary="Dead letters",
     description=(
         "Entries of the stream `ORDERS_DLQ`, newest first: the order, why it was dead-lettered "
@@ -49,12 +47,11 @@ async def get_dead_letters(
         int | None, Parameter(ge=1, description="only entries with a lower sequence")
     ] = None,
 ) -> Response[bytes]:
-    page = await list_dead_letters(broker_link(request).jetstream(), limit, before)
-    return Response(encode(page), media_type=JSON)
+    return json_response(await list_dead_letters(broker_link(request).jetstream(), limit, before))
 
 
 @post(
-    "/dlq/{order_id:str}/replay",
+    DEAD_LETTER_REPLAY,
     status_code=202,
     summary="Replay a dead-lettered order",
     description=(
@@ -72,5 +69,4 @@ async def get_dead_letters(
 async def replay_dead_letter(request: AnyRequest, order_id: FromPath[str]) -> Response[bytes]:
     link = broker_link(request)
     replayed = await replay(link.jetstream(), link.store(), order_id)
-    headers = {"Location": f"/orders/{order_id}"}
-    return Response(encode(replayed), status_code=202, media_type=JSON, headers=headers)
+    return json_response(replayed, status_code=202, headers={"Location": order_location(order_id)})

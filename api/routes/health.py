@@ -8,27 +8,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Final
 
 import nats.js.errors
-from litestar import Request, Response, get
+from litestar import Response, get
 from litestar.exceptions import ServiceUnavailableException
 from nats.js import JetStreamContext
 
 from api.broker_link import broker_link
+from api.paths import HEALTHZ, READYZ
+from api.responses import JSON, AnyRequest
 from api.routes.openapi import json_spec, problem_spec
 from api.schemas import HealthStatus
 from nodeapp.broker.connection import broker_errors
 from nodeapp.broker.resources import NODES_BUCKET, ORDERS_BUCKET, ORDERS_STREAM, WORKERS_CONSUMER
 from nodeapp.orders.model import encode
 
-JSON: Final = "application/json"
+# Probes arrive every few seconds: their answers are encoded once.
 _OK: Final = encode(HealthStatus("ok"))
 _READY: Final = encode(HealthStatus("ready"))
 
 
 @get(
-    "/healthz",
+    HEALTHZ,
     summary="Liveness",
     responses={200: json_spec(HealthStatus, "Alive")},
 )
@@ -52,14 +54,14 @@ async def _check_resources(js: JetStreamContext) -> None:
 
 
 @get(
-    "/readyz",
+    READYZ,
     summary="Readiness",
     responses={
         200: json_spec(HealthStatus, "Ready to take orders"),
         503: problem_spec("Broker unreachable or a JetStream resource missing"),
     },
 )
-async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
+async def readyz(request: AnyRequest) -> Response[bytes]:
     link = broker_link(request)
     js = link.jetstream()
     with broker_errors("checking readiness"):

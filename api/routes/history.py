@@ -7,41 +7,32 @@ event log of its own; ``nodeapp.orders.timeline`` names what changed between rev
 from __future__ import annotations
 
 import asyncio
-import re
-from typing import Any, Final
 
-from litestar import Request, Response, get
+from litestar import Response, get
 from litestar.params import FromPath
 
 from api.broker_link import broker_link
-from api.routes.openapi import BROKER_DOWN, json_spec, problem_spec
+from api.paths import ORDER_HISTORY
+from api.responses import AnyRequest, json_response
+from api.routes.openapi import lookup_responses
 from nodeapp.broker.connection import broker_errors
 from nodeapp.core.errors import OrderNotFound
-from nodeapp.orders.model import ORDER_ID_PATTERN, encode
+from nodeapp.orders.model import is_order_id
 from nodeapp.orders.timeline import Revision, timeline
-
-_ORDER_ID: Final = re.compile(ORDER_ID_PATTERN)
-JSON: Final = "application/json"
 
 
 @get(
-    "/orders/{order_id:str}/history",
+    ORDER_HISTORY,
     summary="An order's history",
     description=(
         "Every stored revision, oldest first: its time (when the broker stored it), status, "
         "current step, the node that wrote it, a short transition such as "
         "`Scheduling completed, Pre-Processing started`, and the document as it was."
     ),
-    responses={
-        200: json_spec(list[Revision], "The revisions, oldest first"),
-        404: problem_spec("No such order"),
-        503: BROKER_DOWN,
-    },
+    responses=lookup_responses(list[Revision], "The revisions, oldest first", "No such order"),
 )
-async def get_order_history(
-    request: Request[Any, Any, Any], order_id: FromPath[str]
-) -> Response[bytes]:
-    if not _ORDER_ID.fullmatch(order_id):
+async def get_order_history(request: AnyRequest, order_id: FromPath[str]) -> Response[bytes]:
+    if not is_order_id(order_id):
         raise OrderNotFound(order_id)
     link = broker_link(request)
     with broker_errors(f"reading history of {order_id}"):
@@ -50,4 +41,4 @@ async def get_order_history(
             history = await link.store().history(order_id)
     if not history or history[-1].order is None:
         raise OrderNotFound(order_id)  # withdrawn or deleted: as GET /orders/{id} says
-    return Response(encode(timeline(history)), media_type=JSON)
+    return json_response(timeline(history))

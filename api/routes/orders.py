@@ -1,57 +1,46 @@
 """``POST /orders`` and ``GET /orders/{order_id}``: the submit path is kept lean on purpose.
 
-The body is read raw and decoded by one pre-built msgspec decoder (no per-request parsing layer),
-the answer is encoded once, and the store is not read again after a submit.
+The body is read raw and checked by ``nodeapp.orders.requests`` (one pre-built msgspec decoder,
+no per-request parsing layer), the answer is encoded once, and the store is not read again after
+a submit.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any, Final
-
-from litestar import Request, Response, get, post
+from litestar import Response, get, post
 from litestar.datastructures import ResponseHeader
-from litestar.di import Provide
 from litestar.params import FromPath
 
 from api.broker_link import broker_link
-from api.routes.openapi import BROKER_DOWN, json_spec, problem_spec
-from api.schemas import (
-    IDEMPOTENCY_HEADER,
-    MAX_BODY_BYTES,
-    SubmitResponse,
-    decode_order_request,
-    idempotency_key,
-    require_json,
-)
+from api.paths import ORDER, ORDERS, order_location
+from api.responses import AnyRequest, json_response
+from api.routes.openapi import BROKER_DOWN, json_spec, lookup_responses, problem_spec, raw_json_body
+from api.schemas import SubmitResponse, idempotency_key, require_json
 from nodeapp.core.errors import OrderNotFound
-from nodeapp.orders.intake import OrderRequest
-from nodeapp.orders.model import ORDER_ID_PATTERN, Order, encode
-
-_ORDER_ID: Final = re.compile(ORDER_ID_PATTERN)
-JSON: Final = "application/json"
-
-
-def _document_request_body(data: OrderRequest) -> None:
-    """Never called. ``submit_order`` decodes the raw body itself, but Litestar documents a
-    route's request body from a ``data`` parameter, which a route dependency may carry; an
-    unrequested dependency is never resolved."""
-    raise NotImplementedError
+from nodeapp.orders.model import Order, is_order_id
+from nodeapp.orders.requests import (
+    IDEMPOTENCY_KEY,
+    MAX_BODY_BYTES,
+    OrderRequest,
+    decode_order_request,
+)
 
 
 @post(
-    "/orders",
+    ORDERS,
     status_code=202,
     request_max_body_size=MAX_BODY_BYTES,
-    dependencies={"_request_body": Provide(_document_request_body, sync_to_thread=False)},
+    operation_class=raw_json_body(OrderRequest, "The order; unknown fields are refused"),
     summary="Submit an order",
     description=(
         "Stores the order and queues it for processing; poll the Location. With an "
-        f"{IDEMPOTENCY_HEADER} header (1-255 visible ASCII characters) a retry returns the "
+        f"{IDEMPOTENCY_KEY} header (1-255 visible ASCII characters) a retry returns the "
         "original order (header Idempotent-Replayed: true)."
     ),
     response_headers=[
-        ResponseHeader(name="Location", description="/orders/{order_id}", documentation_only=True)
+        ResponseHeader(
+            name="Location", description=order_location("{order_id}"), documentation_only=True
+        )
     ],
     responses={
         202: json_spec(SubmitResponse, "Accepted"),
@@ -62,7 +51,7 @@ def _document_request_body(data: OrderRequest) -> None:
         503: BROKER_DOWN,
     },
 )
-async def submit_order(request: Request[Any, Any, Any]) -> Response[bytes]:
+async def submit_order(request: AnyRequest) -> Response[bytes]:
     link = broker_link(request)
     require_json(request.content_type)
     key = idempotency_key(request.headers)
@@ -71,25 +60,20 @@ async def submit_order(request: Request[Any, Any, Any]) -> Response[bytes]:
     )
     result = await link.intake().submit(order_request, key)
     order = result.order
-    headers = {"Location": f"/orders/{order.order_id}"}
+    headers = {"Location": order_location(order.order_id)}
     if not result.created:
         headers["Idempotent-Replayed"] = "true"
     body = SubmitResponse(order.order_id, order.status, order.start_time)
-    return Response(encode(body), status_code=202, media_type=JSON, headers=headers)
+    return json_response(body, status_code=202, headers=headers)
 
 
 @get(
-    "/orders/{order_id:str}",
+    ORDER,
     summary="Read an order",
     description="The order document: status, every step with its times, failure, owner.",
-    responses={
-        200: json_spec(Order, "The order document"),
-        404: problem_spec("No such order"),
-        503: BROKER_DOWN,
-    },
+    responses=lookup_responses(Order, "The order document", "No such order"),
 )
-async def get_order(request: Request[Any, Any, Any], order_id: FromPath[str]) -> Response[bytes]:
-    if not _ORDER_ID.fullmatch(order_id):
+async def get_order(request: AnyRequest, order_id: FromPath[str]) -> Response[bytes]:
+    if not is_order_id(order_id):
         raise OrderNotFound(order_id)  # not an order id: cannot be an order either
-    order = await broker_link(request).store().get(order_id)
-    return Response(encode(order), media_type=JSON)
+    return json_response(await broker_link(request).store().get(order_id))

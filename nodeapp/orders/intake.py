@@ -1,17 +1,16 @@
 """Accepting an order: store its document, then publish its work message.
 
-The api and the benchmarks both submit through ``Intake``. Order of writes: (idempotency key),
-order document, work message. A failure after the document is stored is undone best-effort so a
-request answered with an error leaves nothing that is processed later; what cannot be undone
-(the broker vanished mid-request) is an order without a message, which the reconciler re-drives.
+The api and the benchmarks both submit through ``Intake``, with requests checked by
+``nodeapp.orders.requests``. Order of writes: (idempotency key), order document, work message. A
+failure after the document is stored is undone best-effort so a request answered with an error
+leaves nothing that is processed later; what cannot be undone (the broker vanished mid-request)
+is an order without a message, which the reconciler re-drives.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from decimal import Decimal
-from typing import Annotated, Final
 
 import msgspec
 import nats.js.errors
@@ -29,44 +28,10 @@ from nodeapp.core.errors import (
 )
 from nodeapp.core.tracing import inject_headers, publish_span
 from nodeapp.orders.model import Item, Order, WorkMessage, encode, new_order, new_order_id
+from nodeapp.orders.requests import OrderRequest
 from nodeapp.orders.store import OrderStore
 
 log = logging.getLogger("orderflow.intake")
-
-NAME_PATTERN: Final = r"^[A-Za-z0-9._:\-]+$"
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NAME_PATTERN)]
-Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
-MAX_AMOUNT: Final = Decimal(1_000_000_000)
-
-
-class ItemRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    product_id: Name
-    quantity: Quantity
-
-
-class OrderRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """What a customer submits. ``amount`` takes a JSON number or string; it is checked by
-    ``amount_problem`` because msgspec constraints do not cover decimals."""
-
-    customer_id: Name
-    items: Annotated[list[ItemRequest], msgspec.Meta(min_length=1, max_length=100)]
-    amount: Decimal | None = None
-    fail_at: str | None = None
-    poison_at: str | None = None
-
-
-def amount_problem(amount: Decimal | None) -> str | None:
-    """Why ``amount`` is unacceptable, or None."""
-    if amount is None:
-        return None
-    if not amount.is_finite():
-        return "must be a finite number"
-    if amount < 0 or amount > MAX_AMOUNT:
-        return "must be between 0 and 1000000000"
-    exponent = amount.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -2 and amount != amount.quantize(Decimal("0.01")):
-        return "must have at most 2 fractional digits"
-    return None
 
 
 class IdempotencyRecord(msgspec.Struct):

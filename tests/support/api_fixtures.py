@@ -16,10 +16,10 @@ import pytest
 from litestar import Litestar
 
 from api import create_app
+from nodeapp.broker.kv import live_keys
 from nodeapp.broker.resources import ORDERS_STREAM
 from nodeapp.core.settings import Settings
 from nodeapp.orders.handles import Handles
-from nodeapp.orders.store import live_keys
 from tests.support.waiting import wait_for
 
 PROBLEM_JSON = "application/problem+json"
@@ -102,7 +102,7 @@ async def api_fixture(settings: Settings, broker: Handles) -> AsyncIterator[http
 
 async def order_keys(broker: Handles) -> list[str]:
     """Ids of the order documents stored (deleted ones excluded)."""
-    return await live_keys(broker.buckets.orders)
+    return await live_keys(broker.js, broker.buckets.orders)
 
 
 async def work_messages(broker: Handles) -> int:

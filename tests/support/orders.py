@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from nodeapp.core.errors import OrderNotFound
-from nodeapp.orders.intake import Intake, ItemRequest, OrderRequest
+from nodeapp.orders.intake import Intake
 from nodeapp.orders.model import Order
+from nodeapp.orders.requests import ItemRequest, OrderRequest
 from nodeapp.orders.store import OrderStore
 from tests.support.waiting import wait_for
 

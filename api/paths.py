@@ -1,0 +1,25 @@
+"""Every route's path, written once: the routes, the metrics' route labels and ``Location``
+headers all use these, so a path cannot drift between them. The paths are public (clients and
+``orderflow`` commands call them)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+ORDERS: Final = "/orders"
+ORDER: Final = ORDERS + "/{order_id:str}"
+ORDER_HISTORY: Final = ORDER + "/history"
+CLUSTER: Final = "/cluster"
+NODE: Final = CLUSTER + "/nodes/{node_id:str}"
+NODE_DRAIN: Final = NODE + "/drain"
+DEAD_LETTERS: Final = "/dlq"
+DEAD_LETTER_REPLAY: Final = DEAD_LETTERS + "/{order_id:str}/replay"
+HEALTHZ: Final = "/healthz"
+READYZ: Final = "/readyz"
+METRICS: Final = "/metrics"
+SCHEMA: Final = "/schema"
+
+
+def order_location(order_id: str) -> str:
+    """The ``Location`` of an order: where ``GET`` finds its document."""
+    return f"{ORDERS}/{order_id}"
