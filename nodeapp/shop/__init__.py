@@ -1,0 +1,1 @@
+"""The shop: catalog and stock, payments, notifications (ADR 0010)."""
