@@ -165,11 +165,18 @@ class Reconciler:
         return True
 
     async def _resign(self) -> None:
+        """Give the lead up now rather than when its lease runs out."""
         if not self.is_leader or self._leader_revision is None:
             return
-        with contextlib.suppress(*ANY_NATS_ERROR):
-            await self.kv.delete(LEADER_KEY, last=self._leader_revision)
         self.is_leader = False
+        try:
+            await self.kv.delete(LEADER_KEY, last=self._leader_revision)
+        except ANY_NATS_ERROR as exc:  # nothing more to do: the lead ends with its lease
+            log.warning(
+                "reconciler lead not resigned: %r",
+                exc,
+                extra={"event": "reconciler.resign_failed", "node_id": self.node_id},
+            )
 
     async def _lead(self, stop: asyncio.Event) -> None:
         """Follow the orders bucket from the checkpoint; sweep and renew every interval."""
@@ -202,8 +209,17 @@ class Reconciler:
                     return
                 next_sweep = loop.time() + self.interval
         finally:
-            with contextlib.suppress(*ANY_NATS_ERROR):
-                await sub.unsubscribe()
+            await self._unfollow(sub)
+
+    async def _unfollow(self, sub: JetStreamContext.PushSubscription) -> None:
+        try:
+            await sub.unsubscribe()
+        except ANY_NATS_ERROR as exc:  # nothing more to do: it ends with the connection
+            log.warning(
+                "could not stop following the orders bucket: %r",
+                exc,
+                extra={"event": "reconciler.unsubscribe_failed", "node_id": self.node_id},
+            )
 
     def _track(self, order_id: str, data: bytes, headers: dict[str, str] | None, seq: int) -> None:
         if (headers and headers.get("KV-Operation") in ("DEL", "PURGE")) or not data:

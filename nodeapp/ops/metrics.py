@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from nodeapp import __version__
 from nodeapp.cluster.backlog import BacklogProbe
 from nodeapp.orders.model import STEP_NAMES, utcnow
-from nodeapp.worker.pipeline import Observer
+from nodeapp.worker.observer import Observer
 
 if TYPE_CHECKING:
     from nodeapp.worker.node import Node

@@ -6,16 +6,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from nodeapp.broker.connection import connection
 from nodeapp.core.settings import Settings
-from nodeapp.worker.node import Node, start_node
+from nodeapp.orders.handles import broker_handles
+from nodeapp.worker.node import Node
 
 
 @contextlib.asynccontextmanager
 async def running_node(settings: Settings, node_id: str = "test-node") -> AsyncIterator[Node]:
     """Run a node for the body of the ``async with``; drain it on the way out."""
-    async with connection(settings, node_id) as nc:
-        node = await start_node(settings, nc, node_id)
+    async with broker_handles(settings, node_id) as handles:
+        node = Node(settings, handles, node_id)
         task = asyncio.create_task(node.run())
         try:
             yield node
