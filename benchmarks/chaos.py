@@ -45,20 +45,23 @@ from nats.js.kv import KeyValue
 from benchmarks.chaos_checks import OrderTrack, Verdict, verdict
 from benchmarks.chaos_nodes import NodePool
 from benchmarks.common import BenchError, Processes, percentile, sigint_ignored
-from benchmarks.loopback_cluster import LoopbackCluster
 from benchmarks.throughput import order_bodies, pace
 from nodeapp.broker.connection import connection, jetstream
+from nodeapp.broker.kv import each_entry, latest_values, stored_at
 from nodeapp.broker.resources import DLQ_STREAM, ORDERS_STREAM, ensure_resources_patiently
 from nodeapp.core.errors import BrokerUnavailable, OrderflowError
 from nodeapp.core.settings import Settings
-from nodeapp.orders.intake import Intake, OrderRequest
+from nodeapp.local.natscluster import NatsCluster
+from nodeapp.orders.intake import Intake
 from nodeapp.orders.model import DeadLetterMark, decode_order
+from nodeapp.orders.requests import OrderRequest, decode_order_request
 from nodeapp.orders.store import OrderStore
 
 SUBMIT_RETRY_PAUSE: Final = 0.25
 MAX_PENDING_SUBMITS: Final = 500
 SETTLE_POLL: Final = 2.0
 WATCH_STALL: Final = 15.0
+SERVER_READY_WITHIN: Final = 60.0  # seconds for a (re)started broker server to be healthy
 _NATS_ERRORS: Final = (nats.errors.Error, TimeoutError)
 
 
@@ -128,14 +131,14 @@ class Broker:
 
     def __init__(self, procs: Processes, cluster: bool) -> None:
         self.procs = procs
-        self.cluster = LoopbackCluster(procs.folder / "cluster") if cluster else None
+        self.cluster = NatsCluster(procs.folder / "cluster") if cluster else None
         self.url = ""
 
     async def start(self) -> None:
         if self.cluster is None:
             self.url = (await asyncio.to_thread(self.procs.start_server)).url
         else:
-            await self.cluster.start()
+            await self.cluster.start(within=SERVER_READY_WITHIN)
             self.url = self.cluster.url
 
     def stop(self) -> None:
@@ -275,7 +278,7 @@ class Chaos:
             await pool.start(slot)
             next_at += opts.kill_every
 
-    async def _kill_servers(self, cluster: LoopbackCluster, stop: asyncio.Event) -> None:
+    async def _kill_servers(self, cluster: NatsCluster, stop: asyncio.Event) -> None:
         """SIGKILL one random server every ``server_kill_every`` seconds (starting half a
         period in), restart it ``server_down`` seconds later and wait until it is healthy."""
         opts = self.opts
@@ -292,9 +295,9 @@ class Chaos:
             self.event(f"SIGKILL server {name} (leader of {', '.join(leads) or 'no stream'})")
             await asyncio.sleep(opts.server_down)
             try:
-                took = await cluster.restart(name)
+                took = await cluster.restart(name, within=SERVER_READY_WITHIN)
             except TimeoutError:
-                self.event(f"server {name} not healthy 60s after its restart")
+                self.event(f"server {name} not healthy {SERVER_READY_WITHIN:g}s after its restart")
                 raise
             self.server_recovery.append(took)
             self.event(f"server {name} restarted, healthy after {took:.1f}s")
@@ -307,7 +310,7 @@ class Chaos:
         while time.monotonic() < deadline:
             await pool.replace_dead()
             try:
-                latest = await latest_documents(kv, set(ids))
+                latest = await latest_values(kv, _latest_decoder, set(ids), WATCH_STALL)
             except (BrokerUnavailable, BenchError, *_NATS_ERRORS) as exc:
                 self.event(f"reading documents failed, retrying: {exc!r}")
                 await asyncio.sleep(SETTLE_POLL)
@@ -360,7 +363,8 @@ async def submit_steadily(
         for index in range(planned):
             await pace(index, start, opts.rate)
             await pending.acquire()
-            request = msgspec.json.decode(next(bodies), type=OrderRequest)
+            # The api's checks; chaos_settings leaves fault injection off.
+            request = decode_order_request(next(bodies), fault_injection=False)
             group.create_task(one(index, request))
     out.seconds = time.monotonic() - start
     return out
@@ -383,32 +387,17 @@ class Latest(msgspec.Struct):
 _latest_decoder: Final = msgspec.json.Decoder(Latest)
 
 
-async def latest_documents(kv: KeyValue, wanted: set[str]) -> dict[str, Latest]:
-    """The latest document of every wanted order, from one KV watcher pass."""
-    found: dict[str, Latest] = {}
-    watcher = await kv.watchall()
-    try:
-        while (entry := await watcher.updates(timeout=WATCH_STALL)) is not None:  # type: ignore[no-untyped-call]
-            if entry.key in wanted and entry.value:
-                found[entry.key] = _latest_decoder.decode(entry.value)
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-    return found
-
-
 async def read_tracks(kv: KeyValue, lease: float) -> dict[str, OrderTrack]:
     """Feed every stored revision of every order, in stream order, to the order's track."""
     tracks: dict[str, OrderTrack] = {}
-    watcher = await kv.watch(">", include_history=True)
-    try:
-        while (entry := await watcher.updates(timeout=WATCH_STALL)) is not None:  # type: ignore[no-untyped-call]
+    reading = each_entry(kv, include_history=True, stall=WATCH_STALL)
+    async with contextlib.aclosing(reading) as entries:
+        async for entry in entries:
             track = tracks.get(entry.key)
             if track is None:
                 track = tracks[entry.key] = OrderTrack(entry.key, lease)
             order = decode_order(entry.value) if entry.value and not entry.operation else None
-            track.feed(entry.created, order)
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+            track.feed(stored_at(entry), order)
     return tracks
 
 

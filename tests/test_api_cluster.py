@@ -151,10 +151,6 @@ async def _listed(api: httpx.AsyncClient, node_id: str) -> bool:
     return node_id in [n["node_id"] for n in (await _cluster(api))["nodes"]]
 
 
-async def _gone(api: httpx.AsyncClient, node_id: str) -> bool:
-    return not await _listed(api, node_id)
-
-
 async def _history(api: httpx.AsyncClient, order_id: str) -> list[dict[str, Any]]:
     response = await api.get(f"/orders/{order_id}/history")
     assert response.status_code == 200, response.text

@@ -8,20 +8,13 @@ from pathlib import Path
 
 from nodeapp.broker.resources import DLQ_STREAM, ORDERS_STREAM
 from nodeapp.core.settings import Settings, load_settings
-from nodeapp.orders.handles import Handles
+from nodeapp.local.natscluster import NatsCluster
+from nodeapp.orders.handles import Handles, broker_handles
 from nodeapp.orders.model import Order
 from tests.support.api_fixtures import order_keys
-from tests.support.broker_cluster import (
-    NatsCluster,
-    Submitter,
-    Terminals,
-    events_named,
-    logged,
-    open_broker,
-    running,
-    wait_stream_empty,
-)
 from tests.support.invariants import assert_history_sane
+from tests.support.node_logs import events_named, logged
+from tests.support.outages import Submitter, Terminals, running, wait_stream_empty
 from tests.support.processes import NodeProcess, NodeProcesses, wait_registered
 from tests.support.waiting import wait_for
 
@@ -64,7 +57,7 @@ async def test_stream_leader_killed_under_load(nats_cluster: NatsCluster, tmp_pa
     settings = cluster_settings(nats_cluster)
     nodes = NodeProcesses(tmp_path / "nodes", settings)
     try:
-        async with open_broker(settings) as broker:
+        async with broker_handles(settings, "tests") as broker:
             started = [nodes.start("node-a"), nodes.start("node-b")]
             await wait_registered(broker, *started)
             victim = await pick_victim(nats_cluster, broker)
@@ -96,7 +89,7 @@ async def _submit_through_the_kill(
     how many orders each node had completed when the server was killed."""
     # The submitter's connection starts on the victim too, so it must fail over as well.
     servers = cluster.urls(first=victim)
-    async with open_broker(settings, "submitter", servers=servers, dont_randomize=True) as own:
+    async with broker_handles(settings, "submitter", servers=servers, dont_randomize=True) as own:
         submitter = Submitter(own.intake, ORDERS, interval=0.03)
         async with running(submitter.run(within=60)) as submitting:
 

@@ -21,14 +21,10 @@ from nodeapp.core.settings import Settings
 from nodeapp.local.natsserver import NatsServer
 from nodeapp.orders.handles import Handles
 from tests.support.api_fixtures import order_keys
-from tests.support.broker_cluster import (
-    Terminals,
-    events_named,
-    logged,
-    wait_stream_empty,
-)
 from tests.support.invariants import assert_history_sane
+from tests.support.node_logs import events_named, logged
 from tests.support.orders import submit
+from tests.support.outages import Terminals, wait_stream_empty
 from tests.support.processes import NodeProcess, NodeProcesses, wait_registered
 from tests.support.waiting import wait_for
 

@@ -9,11 +9,11 @@ import signal
 import msgspec
 import pytest
 
+from nodeapp.broker.kv import live_keys
 from nodeapp.core.errors import OrderNotFound
 from nodeapp.core.settings import Settings
 from nodeapp.orders.handles import Handles
 from nodeapp.orders.model import Order
-from nodeapp.orders.store import live_keys
 from tests.support.invariants import assert_history_sane
 from tests.support.orders import submit, wait_all_terminal, wait_terminal
 from tests.support.processes import NodeProcess, NodeProcesses, wait_registered
@@ -113,7 +113,7 @@ async def test_sigterm_hands_orders_back_at_once(
     await wait_registered(broker, b)
     a.signal(signal.SIGTERM)
     assert a.proc.wait(20) == 0
-    assert "node-a" not in await live_keys(broker.buckets.nodes)
+    assert "node-a" not in await live_keys(broker.js, broker.buckets.nodes)
     orders = await wait_all_terminal(broker.store, order_ids, within=20)
     for order in orders:
         assert order.status == "completed"

@@ -14,7 +14,6 @@ from nodeapp.broker.resources import (
     DLQ_PREFIX,
     DLQ_STREAM,
     DLQ_SUBJECTS,
-    LEGACY_DLQ_SUBJECT,
     ORDERS_STREAM,
     WORK_SUBJECT,
     WORKERS_CONSUMER,
@@ -173,14 +172,15 @@ async def test_a_parked_order_ignores_stray_messages(settings: Settings, broker:
 async def test_a_dlq_stream_from_before_keeps_its_subject_and_gains_the_new_one(
     settings: Settings,
 ) -> None:
+    old_subject = "orders.dlq"  # one subject for every dead letter, before ADR 0006
     nc = await nats.connect(settings.nats_url)
     try:
         js = nc.jetstream()
-        await js.add_stream(StreamConfig(name=DLQ_STREAM, subjects=[LEGACY_DLQ_SUBJECT]))
+        await js.add_stream(StreamConfig(name=DLQ_STREAM, subjects=[old_subject]))
         await ensure_resources(js, settings)
         await ensure_resources(js, settings)  # idempotent
         info = await js.stream_info(DLQ_STREAM)
-        assert info.config.subjects == [LEGACY_DLQ_SUBJECT, DLQ_SUBJECTS]
+        assert info.config.subjects == [old_subject, DLQ_SUBJECTS]
     finally:
         await nc.close()
 

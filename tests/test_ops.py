@@ -3,15 +3,14 @@ metrics, errors, and ``POST /stop`` draining the node until the process exits 0.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import nats.js.errors
 import pytest
 
+from nodeapp.broker.kv import live_keys
 from nodeapp.core.settings import Settings
 from nodeapp.local.natsserver import NatsServer
 from nodeapp.orders.handles import Handles
@@ -133,14 +132,6 @@ async def test_post_stop_drains_the_node_and_it_exits_0(
     assert any('"event":"node.stop_requested"' in line for line in node.log_lines())
 
     async def deregistered() -> bool:
-        return "ops-node" not in await _node_keys(broker)
+        return "ops-node" not in await live_keys(broker.js, broker.buckets.nodes)
 
     await wait_for(deregistered, within=5)
-
-
-async def _node_keys(broker: Handles) -> list[str]:
-    try:
-        keys: list[str] = await asyncio.wait_for(broker.buckets.nodes.keys(), 2)
-    except nats.js.errors.NoKeysError:
-        return []
-    return keys

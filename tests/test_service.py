@@ -6,11 +6,11 @@ import asyncio
 
 import msgspec
 
+from nodeapp.broker.kv import live_keys
 from nodeapp.cluster.control import decode_drain_reply, drain_subject
 from nodeapp.cluster.membership import Heartbeat
 from nodeapp.ops.service import STATS_SUBJECT
 from nodeapp.orders.handles import Handles
-from nodeapp.orders.store import live_keys
 from tests.support.processes import NodeProcesses, wait_registered
 from tests.support.waiting import wait_for
 
@@ -45,6 +45,6 @@ async def test_stats_reach_every_node_and_drain_stops_one(
     reply = await broker.nc.request(drain_subject("node-1"), b"", timeout=5)
     assert decode_drain_reply(reply.data).state == "draining"
     assert nodes[1].proc.wait(20) == 0
-    assert "node-1" not in await live_keys(broker.buckets.nodes)
+    assert "node-1" not in await live_keys(broker.js, broker.buckets.nodes)
     assert nodes[0].alive
     assert nodes[2].alive

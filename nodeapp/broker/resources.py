@@ -36,7 +36,6 @@ WORKERS_CONSUMER: Final = "workers"
 DLQ_STREAM: Final = "ORDERS_DLQ"
 DLQ_PREFIX: Final = "orders.dlq."  # + the order id, so one order's dead letter is found by subject
 DLQ_SUBJECTS: Final = f"{DLQ_PREFIX}>"
-LEGACY_DLQ_SUBJECT: Final = "orders.dlq"  # before ADR 0006: kept on streams that had it
 ORDERS_BUCKET: Final = "orders"
 NODES_BUCKET: Final = "nodes"
 IDEMPOTENCY_BUCKET: Final = "idempotency"
@@ -123,7 +122,10 @@ async def _add_missing_subjects(
     )  # fmt: skip
 
 
-async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """The bucket, created if missing; a race with another process creating it is fine.
+
+    Every bucket of orderflow is opened here (the shop's too), inside ``broker_errors``."""
     try:
         return await js.key_value(config.bucket)
     except nats.js.errors.BucketNotFoundError:
@@ -171,7 +173,7 @@ async def ensure_resources(js: JetStreamContext, settings: Settings) -> Buckets:
             await js.add_consumer(ORDERS_STREAM, consumer_config(settings))
         except nats.js.errors.APIError as exc:
             raise _refused(f"consumer {WORKERS_CONSUMER}", exc) from None
-        orders = await _ensure_bucket(
+        orders = await ensure_bucket(
             js,
             KeyValueConfig(
                 bucket=ORDERS_BUCKET,
@@ -181,7 +183,7 @@ async def ensure_resources(js: JetStreamContext, settings: Settings) -> Buckets:
                 replicas=settings.replicas,
             ),
         )
-        nodes = await _ensure_bucket(
+        nodes = await ensure_bucket(
             js,
             KeyValueConfig(
                 bucket=NODES_BUCKET,
@@ -192,7 +194,7 @@ async def ensure_resources(js: JetStreamContext, settings: Settings) -> Buckets:
                 replicas=settings.replicas,
             ),
         )
-        idempotency = await _ensure_bucket(
+        idempotency = await ensure_bucket(
             js,
             KeyValueConfig(
                 bucket=IDEMPOTENCY_BUCKET,
@@ -203,7 +205,7 @@ async def ensure_resources(js: JetStreamContext, settings: Settings) -> Buckets:
                 replicas=settings.replicas,
             ),
         )
-        reconciler = await _ensure_bucket(
+        reconciler = await ensure_bucket(
             js,
             KeyValueConfig(
                 bucket=RECONCILER_BUCKET,
@@ -233,14 +235,3 @@ async def ensure_resources_patiently(
             log.warning("JetStream not ready (%s); retrying in %.1fs", exc, pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 2.0)
-
-
-async def open_buckets(js: JetStreamContext) -> Buckets:
-    """Handles to existing buckets, without creating anything (``readyz`` uses this)."""
-    with broker_errors("opening buckets"):
-        return Buckets(
-            orders=await js.key_value(ORDERS_BUCKET),
-            nodes=await js.key_value(NODES_BUCKET),
-            idempotency=await js.key_value(IDEMPOTENCY_BUCKET),
-            reconciler=await js.key_value(RECONCILER_BUCKET),
-        )

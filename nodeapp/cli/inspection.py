@@ -16,6 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from nodeapp.broker.connection import broker_errors, connect, jetstream
+from nodeapp.broker.kv import live_keys
 from nodeapp.broker.resources import (
     DLQ_STREAM,
     IDEMPOTENCY_BUCKET,
@@ -25,7 +26,6 @@ from nodeapp.broker.resources import (
     WORKERS_CONSUMER,
 )
 from nodeapp.core.settings import Settings
-from nodeapp.orders.store import live_keys
 
 CLIENT_NAME: Final = "orderflow-inspect"
 
@@ -135,7 +135,7 @@ async def _bucket(js: JetStreamContext, name: str, list_keys: bool = False) -> B
     status = await kv.status()
     keys: list[str] | None = None
     if list_keys:
-        keys = await live_keys(kv)
+        keys = await live_keys(js, kv)
     return BucketReport(
         bucket=name,
         values=status.values,

@@ -18,10 +18,10 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from nodeapp.broker.connection import broker_errors
+from nodeapp.broker.kv import live_keys
 from nodeapp.broker.resources import DLQ_STREAM, ORDERS_STREAM, WORKERS_CONSUMER, Buckets
 from nodeapp.cluster.membership import Heartbeat
 from nodeapp.core.errors import ResourceMissing
-from nodeapp.orders.store import live_keys
 
 log = logging.getLogger("orderflow.clusterview")
 
@@ -118,14 +118,14 @@ def decode_heartbeat(key: str, data: bytes | None) -> Heartbeat | None:
         return None
 
 
-async def heartbeats(nodes: KeyValue) -> list[Heartbeat]:
+async def heartbeats(js: JetStreamContext, nodes: KeyValue) -> list[Heartbeat]:
     """Every live node's heartbeat, by node id.
 
     Keys come from the bucket stream's subjects, not a KV watch: nats-py's watcher can announce
     "no more values" before the values arrive (nats-io/nats.py#842) and show an empty cluster.
     """
     found = []
-    for node_id in await live_keys(nodes):
+    for node_id in await live_keys(js, nodes):
         beat = await heartbeat(nodes, node_id)
         if beat is not None:
             found.append(beat)
@@ -146,7 +146,7 @@ async def cluster_view(js: JetStreamContext, buckets: Buckets, within: float) ->
     fails); ``BrokerUnavailable`` if it takes longer than ``within`` seconds."""
     with broker_errors("reading the cluster state"):
         async with asyncio.timeout(within):
-            nodes = await heartbeats(buckets.nodes)
+            nodes = await heartbeats(js, buckets.nodes)
             stream = await stream_state(js, ORDERS_STREAM)
             consumer = await consumer_state(js)
             dlq = await stream_state(js, DLQ_STREAM)

@@ -7,15 +7,17 @@ overwriting someone else's progress.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 import nats.js.errors
 from nats.js.kv import KeyValue
 
 from nodeapp.broker.connection import broker_errors
+from nodeapp.broker.kv import each_entry, stored_at
 from nodeapp.core.errors import OrderExists, OrderNotFound, RevisionConflict
 from nodeapp.orders.model import Order, decode_order, encode
 
@@ -114,57 +116,19 @@ class OrderStore:
         """Every stored revision of the order, oldest first (up to the bucket's 64).
 
         Not ``KeyValue.history``: it ends at its watcher's "no more values" marker, which nats-py
-        can emit before the stored values arrive (often on a cluster, at times on a restarted
-        server; nats-io/nats.py#842), and then an order that has a history gets none. Here the
-        key's latest revision is read first and the watch is read up to it.
+        can emit before the stored values arrive (nats-io/nats.py#842), and then an order that
+        has a history gets none; ``each_entry`` reads until the broker has nothing pending.
         """
-        with broker_errors(f"reading history of {order_id}"):
-            try:
-                latest = await self.kv.get(order_id)
-            except nats.js.errors.KeyNotFoundError as exc:
-                if exc.entry is None:  # no revision at all; a deleted order still has history
-                    raise OrderNotFound(order_id) from None
-                latest = exc.entry  # the delete marker
-            entries = await self._watch_history(order_id, latest.revision or 0)
-        out = []
-        for entry in entries:
-            order = decode_order(entry.value) if entry.value else None
-            if order is not None:
-                order.revision = entry.revision
-            # nats-py fills ``created`` from the message metadata: a datetime, despite its hint.
-            stored = entry.created if isinstance(entry.created, datetime) else None
-            out.append(HistoryEntry(revision=entry.revision, order=order, time=stored))
+        reading = each_entry(self.kv, order_id, include_history=True, stall=HISTORY_TIMEOUT)
+        async with contextlib.aclosing(reading) as entries:
+            out = [_history_entry(entry) async for entry in entries]
+        if not out:  # no revision at all; a deleted order still has its delete marker
+            raise OrderNotFound(order_id)
         return out
 
-    async def _watch_history(self, order_id: str, last: int) -> list[Any]:
-        """The key's entries from a history watch, up to revision ``last`` at least."""
-        watcher: Any = await self.kv.watch(order_id, include_history=True)  # untyped in nats-py
-        try:
-            entries: list[Any] = []
-            while not entries or entries[-1].revision < last:
-                entry = await watcher.updates(timeout=HISTORY_TIMEOUT)
-                if entry is not None:  # skip the "no more values" marker: it can come too early
-                    entries.append(entry)
-            return entries
-        finally:
-            await watcher.stop()
 
-
-async def live_keys(kv: KeyValue) -> list[str]:
-    """The bucket's keys that hold a value, read from its stream's subjects.
-
-    ``KeyValue.keys()`` rides on a watcher that can end early (nats-io/nats.py#842); the stream's
-    per-subject counts cannot. Deleted keys keep a marker subject, so each candidate is checked.
-    """
-    prefix = f"$KV.{kv._name}."  # nats-py keeps the bucket name private
-    with broker_errors("listing keys"):
-        info = await kv._js.stream_info(kv._stream, subjects_filter=f"{prefix}>")
-        keys = []
-        for subject in sorted(info.state.subjects or {}):
-            key = subject[len(prefix) :]
-            try:
-                await kv.get(key)
-            except nats.js.errors.KeyNotFoundError:
-                continue  # deleted or purged
-            keys.append(key)
-    return keys
+def _history_entry(entry: KeyValue.Entry) -> HistoryEntry:
+    order = decode_order(entry.value) if entry.value else None
+    if order is not None:
+        order.revision = entry.revision
+    return HistoryEntry(revision=entry.revision, order=order, time=stored_at(entry))

@@ -25,6 +25,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from nodeapp.broker.connection import broker_errors
+from nodeapp.broker.resources import ensure_bucket
 from nodeapp.core.errors import OrderflowError, ResourceMissing
 from nodeapp.core.settings import Settings
 
@@ -103,7 +104,7 @@ async def ensure_notifications(
             raise OrderflowError(
                 f"JetStream refused consumer {CONSUMER}: {exc.description}"
             ) from None
-        return await _ensure_bucket(js, settings)
+        return await ensure_bucket(js, bucket_config(settings))
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -123,12 +124,8 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         )
 
 
-async def _ensure_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
-    try:
-        return await js.key_value(BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        pass
-    config = KeyValueConfig(
+def bucket_config(settings: Settings) -> KeyValueConfig:
+    return KeyValueConfig(
         bucket=BUCKET,
         description="orderflow notification delivery state per (order, kind)",
         history=1,
@@ -136,12 +133,6 @@ async def _ensure_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
         storage=StorageType.FILE,
         replicas=settings.replicas,
     )
-    try:
-        return await js.create_key_value(config)
-    except nats.js.errors.BadRequestError as exc:
-        if exc.err_code != STREAM_NAME_IN_USE:  # not a race with another process creating it
-            raise OrderflowError(f"JetStream refused bucket {BUCKET}: {exc.description}") from None
-        return await js.key_value(BUCKET)
 
 
 async def notification_bucket(js: JetStreamContext) -> KeyValue:

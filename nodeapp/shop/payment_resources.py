@@ -11,13 +11,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from nodeapp.broker.connection import broker_errors
-from nodeapp.core.errors import OrderflowError
+from nodeapp.broker.resources import ensure_bucket
 from nodeapp.core.settings import Settings
 
 GATEWAY_BUCKET: Final = "gateway"
@@ -46,23 +44,6 @@ def payments_bucket_config(settings: Settings) -> KeyValueConfig:
         storage=StorageType.FILE,
         replicas=settings.replicas,
     )
-
-
-async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
-    """The bucket, created if missing (a race with another process creating it is fine)."""
-    with broker_errors(f"opening bucket {config.bucket}"):
-        try:
-            return await js.key_value(config.bucket)
-        except nats.js.errors.BucketNotFoundError:
-            pass
-        try:
-            return await js.create_key_value(config)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != STREAM_NAME_IN_USE:
-                raise OrderflowError(
-                    f"JetStream refused bucket {config.bucket}: {exc.description}"
-                ) from None
-            return await js.key_value(config.bucket)
 
 
 async def ensure_gateway_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
