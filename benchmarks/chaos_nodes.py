@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import nats.js.errors
 
-from benchmarks.common import Child, Processes, child_env, wait_until
+from benchmarks.common import Child, Processes, wait_until
 from nodeapp.broker.connection import ANY_NATS_ERROR
 from nodeapp.broker.resources import Buckets
 from nodeapp.core.settings import Settings
+from nodeapp.local.supervisor import child_env
 
 DRAIN_EXTRA: float = 15.0  # seconds a drain may take beyond step + ack wait before a SIGKILL
 
@@ -58,6 +58,7 @@ class NodePool:
         node_id = f"chaos-{slot}-{self.generation}"
         child = self.procs.spawn(
             f"node-{slot}-{self.generation}",
+            "node",
             ["-m", "nodeapp", "node", "--node-id", node_id],
             child_env(self.settings),
         )
@@ -80,8 +81,7 @@ class NodePool:
         if child is None or not child.alive:
             return
         self.killed[self.ids[slot]] = datetime.now(UTC)
-        child.proc.kill()
-        await asyncio.to_thread(child.proc.wait)
+        await asyncio.to_thread(child.kill)
         self.slots[slot] = None
         self.note(f"SIGKILL {self.ids[slot]}")
 
@@ -92,13 +92,11 @@ class NodePool:
             return
         node_id = self.ids[slot]
         started, told = time.monotonic(), datetime.now(UTC)
-        child.proc.send_signal(signal.SIGTERM)
+        child.signal(signal.SIGTERM)
         grace = self.settings.step_seconds + self.settings.ack_wait + DRAIN_EXTRA
-        try:
-            code = await asyncio.to_thread(child.proc.wait, grace)
-        except subprocess.TimeoutExpired:
-            child.proc.kill()
-            await asyncio.to_thread(child.proc.wait)
+        code = await asyncio.to_thread(child.wait, grace)
+        if code is None:
+            await asyncio.to_thread(child.kill)
             self.killed[node_id] = told
             self.note(f"SIGTERM {node_id}: no exit within {grace:.0f}s, SIGKILLed")
         else:
@@ -119,7 +117,7 @@ class NodePool:
         """Restart any node that exited without being told to (a crash is worth reporting)."""
         for slot, child in enumerate(self.slots):
             if child is not None and not child.alive:
-                what = f"{self.ids[slot]} exited by itself with {child.proc.returncode}"
+                what = f"{self.ids[slot]} exited by itself with {child.returncode}"
                 self.unexpected.append(what)
                 self.killed[self.ids[slot]] = datetime.now(UTC)  # noticed, not the exit time
                 self.note(f"{what}:\n{child.log_tail(5)}")

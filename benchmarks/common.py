@@ -24,14 +24,16 @@ from pathlib import Path
 from typing import Final
 
 import msgspec
-import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
+from nodeapp.broker.kv import latest_values
 from nodeapp.broker.resources import Buckets
 from nodeapp.core.errors import OrderflowError
-from nodeapp.core.settings import Settings, settings_env
+from nodeapp.core.settings import Settings
+from nodeapp.local import supervisor
 from nodeapp.local.natsserver import NatsServer
+from nodeapp.local.supervisor import child_env
 
 LOOPBACK: Final = "127.0.0.1"
 STOP_GRACE: Final = 10.0
@@ -47,39 +49,14 @@ class BenchError(OrderflowError):
 # -- child processes -------------------------------------------------------------------------
 
 
-class Child:
+class Child(supervisor.Child):
     """One real process of the system under test, its output in a log file."""
-
-    def __init__(self, name: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.name = name
-        self.proc = proc
-        self.log_path = log_path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
 
     def check_alive(self) -> None:
         if not self.alive:
             raise BenchError(
-                f"{self.name} exited with status {self.proc.returncode}:\n{self.log_tail()}"
+                f"{self.name} exited with status {self.returncode}:\n{self.log_tail()}"
             )
-
-
-def child_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment that gives a child exactly the benchmark's settings."""
-    return {**os.environ, **settings_env(settings), **extra}
 
 
 class Processes:
@@ -90,7 +67,7 @@ class Processes:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.children: list[Child] = []
+        self.supervisor = supervisor.Supervisor(folder)
         self.server: NatsServer | None = None
 
     def start_server(self) -> NatsServer:
@@ -98,34 +75,17 @@ class Processes:
         self.server.start()
         return self.server
 
-    def spawn(self, name: str, args: Sequence[str], env: dict[str, str]) -> Child:
-        log_path = self.folder / f"{name}.log"
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, *args],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
-            )
-        child = Child(name, proc, log_path)
-        self.children.append(child)
+    def spawn(self, name: str, role: str, args: Sequence[str], env: dict[str, str]) -> Child:
+        """``python args`` as ``name``, logging to ``<folder>/<name>.log``."""
+        child = Child(
+            name, [sys.executable, *args], role=role, env=env, log_path=self.folder / f"{name}.log"
+        )
+        self.supervisor.add(child)
         return child
 
     def stop_all(self, grace: float = STOP_GRACE) -> None:
         """SIGTERM the api, then the nodes (they drain), kill stragglers, then stop the broker."""
-        for group in ("api", "node"):
-            members = [c for c in self.children if c.name.startswith(group) and c.alive]
-            for child in members:
-                with contextlib.suppress(ProcessLookupError):
-                    child.proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            for child in members:
-                try:
-                    child.proc.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    child.proc.kill()
-                    child.proc.wait(5)
+        self.supervisor.stop_all(grace)
         if self.server is not None:
             self.server.stop()
 
@@ -219,7 +179,7 @@ async def start_nodes(
     env = child_env(settings)
     ids = [f"bench-node-{n}" for n in range(k)]
     nodes = [
-        procs.spawn(f"node-{n}", ["-m", "nodeapp", "node", "--node-id", i], env)
+        procs.spawn(f"node-{n}", "node", ["-m", "nodeapp", "node", "--node-id", i], env)
         for n, i in enumerate(ids)
     ]
     pending = set(ids)
@@ -237,7 +197,7 @@ async def start_nodes(
 
 async def start_api(procs: Processes, settings: Settings) -> Child:
     """One api process; ready when ``/readyz`` answers 200 (broker linked, resources there)."""
-    api = procs.spawn("api", ["-m", "api"], child_env(settings))
+    api = procs.spawn("api", "api", ["-m", "api"], child_env(settings))
 
     async def ready() -> bool:
         client = RawHttp(LOOPBACK, settings.api_port)
@@ -398,22 +358,7 @@ async def snapshot(kv: KeyValue, wanted: set[str]) -> dict[str, OrderTimes]:
     Read after the run rather than watched live: a live watcher would decode every revision
     (six per order) in the load generator, on the same two cores as the system under test.
     """
-    found: dict[str, OrderTimes] = {}
-    watcher = await kv.watchall()
-    try:
-        while True:  # ends at the marker, at a stall, or at the run's deadline
-            try:
-                entry = await watcher.updates(timeout=SNAPSHOT_STALL)  # type: ignore[no-untyped-call]
-            except nats.errors.TimeoutError:
-                raise BenchError(
-                    f"the orders watcher was silent for {SNAPSHOT_STALL:.0f}s"
-                ) from None
-            if entry is None:  # the marker after the initial values: the snapshot is complete
-                return found
-            if entry.key in wanted and entry.value:
-                found[entry.key] = _times_decoder.decode(entry.value)
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+    return await latest_values(kv, _times_decoder, wanted, SNAPSHOT_STALL)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -70,7 +70,8 @@ from nodeapp.broker.resources import ORDERS_STREAM, Buckets, ensure_resources
 from nodeapp.core.errors import OrderflowError
 from nodeapp.core.settings import Settings
 from nodeapp.local.natsserver import free_port
-from nodeapp.orders.intake import Intake, OrderRequest
+from nodeapp.orders.intake import Intake
+from nodeapp.orders.requests import decode_order_request
 from nodeapp.orders.store import OrderStore
 
 STEPS: Final = 4
@@ -182,9 +183,6 @@ async def pace(index: int, start: float, rate: float | None) -> None:
             await asyncio.sleep(delay)
 
 
-_request_decoder: Final = msgspec.json.Decoder(OrderRequest)
-
-
 class _Accepted(msgspec.Struct):
     order_id: str
 
@@ -193,13 +191,16 @@ _accepted_decoder: Final = msgspec.json.Decoder(_Accepted)
 Submitter = Callable[[Submitted], Coroutine[Any, Any, None]]
 
 
-def direct_submitter(intake: Intake, opts: Options, start: float) -> Submitter:
-    """KV create + publish through ``Intake``, as the api does, from many coroutines."""
+def direct_submitter(
+    intake: Intake, opts: Options, start: float, *, fault_injection: bool
+) -> Submitter:
+    """The api's checks, then KV create + publish through ``Intake``, as the api does, from many
+    coroutines."""
 
     async def submit(state: Submitted) -> None:
         for index in state.indexes:
             await pace(index, start, opts.rate)
-            request = _request_decoder.decode(next(state.bodies))
+            request = decode_order_request(next(state.bodies), fault_injection=fault_injection)
             try:
                 result = await intake.submit(request)
             except OrderflowError as exc:  # the broker refused or timed out: count it, go on
@@ -351,7 +352,9 @@ class Run:
         first_submit = datetime.now(UTC)
         start = time.monotonic()
         if not opts.http:
-            submit = direct_submitter(Intake(js, store, buckets.idempotency), opts, start)
+            intake = Intake(js, store, buckets.idempotency)
+            faults = self.settings.fault_injection
+            submit = direct_submitter(intake, opts, start, fault_injection=faults)
         elif opts.client == "httpx":
             submit = httpx_submitter(self.settings.api_port, opts, start)
         else:

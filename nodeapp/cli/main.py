@@ -62,11 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"orderflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", parents=[parent], help="run nats-server, the api and nodes locally")
+    up = sub.add_parser(
+        "up",
+        parents=[parent],
+        help="run nats-server, the api and nodes locally, restarting any that crash",
+    )
     up.add_argument("--nodes", type=int, default=1, help="node processes to start (default 1)")
     up.add_argument("--port", type=int, default=None, help="nats-server port (default: NATS_URL's)")
     up.add_argument("--data-dir", type=Path, default=Path("data"), help="broker data folder")
-    up.add_argument("--config", type=Path, default=None, help="nats-server config (nats.conf)")
+    up.add_argument(
+        "--config", type=Path, default=None, help="nats-server config (default: the packaged one)"
+    )
 
     sub.add_parser("api", parents=[parent], help="run the HTTP api")
     node = sub.add_parser("node", parents=[parent], help="run a worker node")

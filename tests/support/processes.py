@@ -1,35 +1,27 @@
-"""Real ``orderflow node`` processes for multi-node and crash tests."""
+"""Real ``orderflow node`` processes for multi-node and crash tests, through the one supervisor
+(``nodeapp.local.supervisor``) that ``orderflow up`` and the benchmarks use too."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
-from nodeapp.core.settings import Settings, settings_env
+from nodeapp.broker.kv import live_keys
+from nodeapp.core.settings import Settings
+from nodeapp.local.supervisor import Child, Supervisor, child_env, python_module
 from nodeapp.orders.handles import Handles
-from nodeapp.orders.store import live_keys
 from tests.support.waiting import wait_for
 
 
-class NodeProcess:
-    def __init__(self, node_id: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.node_id = node_id
-        self.proc = proc
-        self.log_path = log_path
+class NodeProcess(Child):
+    """One ``orderflow node --node-id ID`` process logging JSON to ``<folder>/<ID>.log``."""
 
-    def signal(self, sig: signal.Signals) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-
-    def log_lines(self) -> list[str]:
-        return self.log_path.read_text(errors="replace").splitlines()
+    def __init__(self, node_id: str, env: dict[str, str], log_path: Path) -> None:
+        argv = python_module("nodeapp", "node", "--node-id", node_id)
+        super().__init__(node_id, argv, role="node", env=env, log_path=log_path)
 
     @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+    def node_id(self) -> str:
+        return self.name
 
 
 class NodeProcesses:
@@ -38,29 +30,19 @@ class NodeProcesses:
     def __init__(self, folder: Path, settings: Settings) -> None:
         self.folder = folder
         self.settings = settings
+        self.supervisor = Supervisor(folder)
         self.nodes: list[NodeProcess] = []
 
     def start(self, node_id: str, **env: str) -> NodeProcess:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        log_path = self.folder / f"{node_id}.log"
-        full_env = {**os.environ, **settings_env(self.settings), "ORDERFLOW_LOG_FORMAT": "json"}
-        full_env.update(env)
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "nodeapp", "node", "--node-id", node_id],
-                env=full_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        node = NodeProcess(node_id, proc, log_path)
+        full_env = child_env(self.settings, **{"ORDERFLOW_LOG_FORMAT": "json", **env})
+        node = NodeProcess(node_id, full_env, self.folder / f"{node_id}.log")
+        self.supervisor.add(node)
         self.nodes.append(node)
         return node
 
     def stop_all(self) -> None:
-        for node in self.nodes:
-            if node.alive:
-                node.signal(signal.SIGKILL)
-                node.proc.wait(10)
+        """SIGKILL: a test's teardown wants no drain, only no process left behind."""
+        self.supervisor.kill_all()
 
 
 async def wait_registered(broker: Handles, *nodes: NodeProcess, within: float = 30.0) -> None:
@@ -69,7 +51,7 @@ async def wait_registered(broker: Handles, *nodes: NodeProcess, within: float = 
     async def probe() -> bool:
         for node in nodes:
             assert node.alive, "\n".join(node.log_lines()[-20:])
-        keys = set(await live_keys(broker.buckets.nodes))
+        keys = set(await live_keys(broker.js, broker.buckets.nodes))
         return all(node.node_id in keys for node in nodes)
 
     await wait_for(probe, within, interval=0.1)

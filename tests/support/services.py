@@ -6,10 +6,6 @@ real entry points: tracing is configured per process, and ``POST /stop`` must en
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -17,36 +13,27 @@ import msgspec
 import nats.js.errors
 
 from nodeapp.cluster.membership import Heartbeat
-from nodeapp.core.settings import Settings, settings_env
+from nodeapp.core.settings import Settings
 from nodeapp.local.natsserver import free_port
+from nodeapp.local.supervisor import Child, child_env, python_module
 from nodeapp.orders.handles import Handles
 from tests.support.waiting import wait_for
 
 
-class ApiProcess:
-    """One api process on a free port; ``stop()`` sends SIGTERM and waits."""
+class ApiProcess(Child):
+    """One ``python -m api`` process on a free port; ``stop()`` sends SIGTERM and waits."""
 
     def __init__(self, settings: Settings, log_path: Path, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        full_env = {
-            **os.environ,
-            **settings_env(settings),
-            "ORDERFLOW_API_PORT": str(self.port),
-            "ORDERFLOW_LOG_FORMAT": "json",
-            **env,
-        }
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "api"], env=full_env, stdout=log, stderr=subprocess.STDOUT
-            )
+        own = {"ORDERFLOW_API_PORT": str(self.port), "ORDERFLOW_LOG_FORMAT": "json"}
+        full_env = child_env(settings, **{**own, **env})
+        super().__init__("api", python_module("api"), env=full_env, log_path=log_path)
 
     async def wait_ready(self, within: float = 20.0) -> None:
         async def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"api exited {self.proc.returncode}: {self.log_path}")
+            if not self.alive:
+                raise AssertionError(f"api exited {self.returncode}: {self.log_path}")
             try:
                 async with httpx.AsyncClient(timeout=1.0) as client:
                     return (await client.get(f"{self.url}/readyz")).status_code == 200
@@ -55,15 +42,8 @@ class ApiProcess:
 
         await wait_for(ready, within, interval=0.1)
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+    def stop(self, grace: float = 15.0) -> int:
+        return super().stop(grace)
 
 
 async def wait_ops_url(broker: Handles, node_id: str, within: float = 20.0) -> str:
