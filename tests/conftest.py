@@ -10,6 +10,7 @@ import pytest
 from nodeapp.core.settings import Settings, load_settings
 from nodeapp.local.natsserver import NatsServer
 from nodeapp.orders.handles import Handles, broker_handles
+from tests.support.catalog import load_test_catalog
 from tests.support.processes import NodeProcesses
 
 # Fixtures that live beside the code they drive, registered for every test module.
@@ -46,10 +47,18 @@ def settings(nats_server: NatsServer) -> Settings:
 
 
 @pytest.fixture
-async def broker(settings: Settings) -> AsyncIterator[Handles]:
-    """The test's own handles on its broker, resources created."""
+async def bare_broker(settings: Settings) -> AsyncIterator[Handles]:
+    """The test's own handles on its broker, the order resources created, the shop empty."""
     async with broker_handles(settings, "tests") as handles:
         yield handles
+
+
+@pytest.fixture
+async def broker(bare_broker: Handles, settings: Settings) -> Handles:
+    """``bare_broker`` with the shop's resources and the test catalog (tests.support.catalog),
+    so every order a test submits names a product in stock."""
+    await load_test_catalog(bare_broker, settings)
+    return bare_broker
 
 
 @pytest.fixture

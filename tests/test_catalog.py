@@ -31,6 +31,12 @@ KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")  # what nats-py and the server accep
 
 
 @pytest.fixture
+def broker(bare_broker: Handles) -> Handles:
+    """These tests start from an empty catalog, not the test catalog."""
+    return bare_broker
+
+
+@pytest.fixture
 async def catalog(broker: Handles, settings: Settings) -> Catalog:
     return Catalog(broker.js, await ensure_shop_resources(broker.js, settings))
 

@@ -20,6 +20,12 @@ from nodeapp.shop.stock import Stock
 
 
 @pytest.fixture
+def broker(bare_broker: Handles) -> Handles:
+    """These tests start from an empty catalog, not the test catalog."""
+    return bare_broker
+
+
+@pytest.fixture
 async def catalog(broker: Handles, settings: Settings) -> Catalog:
     catalog = Catalog(broker.js, await ensure_shop_resources(broker.js, settings))
     for product_id in ("a", "b:1"):
