@@ -46,16 +46,15 @@ from benchmarks.chaos_checks import OrderTrack, Verdict, verdict
 from benchmarks.chaos_nodes import NodePool
 from benchmarks.common import BenchError, Processes, percentile, sigint_ignored
 from benchmarks.throughput import order_bodies, pace
-from nodeapp.broker.connection import connection, jetstream
 from nodeapp.broker.kv import each_entry, latest_values, stored_at
-from nodeapp.broker.resources import DLQ_STREAM, ORDERS_STREAM, ensure_resources_patiently
+from nodeapp.broker.resources import DLQ_STREAM, ORDERS_STREAM
 from nodeapp.core.errors import BrokerUnavailable, OrderflowError
 from nodeapp.core.settings import Settings
 from nodeapp.local.natscluster import NatsCluster
+from nodeapp.orders.handles import broker_handles
 from nodeapp.orders.intake import Intake
 from nodeapp.orders.model import DeadLetterMark, decode_order
 from nodeapp.orders.requests import OrderRequest, decode_order_request
-from nodeapp.orders.store import OrderStore
 
 SUBMIT_RETRY_PAUSE: Final = 0.25
 MAX_PENDING_SUBMITS: Final = 500
@@ -188,17 +187,14 @@ class Chaos:
         opts = self.opts
         await self.broker.start()
         settings = chaos_settings(opts, self.broker.url)
-        async with connection(settings, "orderflow-chaos") as nc:
-            js = jetstream(nc, settings)
-            buckets = await ensure_resources_patiently(js, settings, within=60)
-            store = OrderStore(buckets.orders)
+        async with broker_handles(settings, "orderflow-chaos") as handles:
+            js, buckets, intake = handles.js, handles.buckets, handles.intake
             pool = NodePool(self.procs, settings, buckets, opts.nodes, self.event)
             for slot in range(opts.nodes):
                 await pool.start(slot)
             self.event(f"{opts.nodes} nodes beating on {self.broker.url}")
             self.t0, self.start = time.monotonic(), datetime.now(UTC)
             accepted: list[str] = []
-            intake = Intake(js, store, buckets.idempotency)
             submissions = await self._load(pool, intake, accepted)
             settle_started = time.monotonic()
             await self._settle(buckets.orders, accepted, pool)

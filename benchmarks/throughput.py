@@ -65,11 +65,11 @@ from benchmarks.common import (
     top_functions,
     wait_for_quiet,
 )
-from nodeapp.broker.connection import connection, jetstream
-from nodeapp.broker.resources import ORDERS_STREAM, Buckets, ensure_resources
+from nodeapp.broker.resources import ORDERS_STREAM
 from nodeapp.core.errors import OrderflowError
 from nodeapp.core.settings import Settings
 from nodeapp.local.natsserver import free_port
+from nodeapp.orders.handles import Handles, broker_handles
 from nodeapp.orders.intake import Intake
 from nodeapp.orders.requests import decode_order_request
 from nodeapp.orders.store import OrderStore
@@ -328,8 +328,8 @@ class Run:
         if self.profiler is not None and profile:
             self.profiler.start(label, pid)
 
-    async def execute(self, js: JetStreamContext, buckets: Buckets) -> Result:
-        store = OrderStore(buckets.orders)
+    async def execute(self, handles: Handles) -> Result:
+        buckets = handles.buckets
         if self.opts.http:
             self.children.append(await start_api(self.procs, self.settings))
         if not self.opts.preload:
@@ -339,22 +339,22 @@ class Run:
         self.watch("bench", os.getpid())
         sampling = asyncio.create_task(self.sampler.run(), name="rss-sampler")
         try:
-            return await self._measure(js, buckets, store)
+            return await self._measure(handles)
         finally:
             self.sampler.stop()
             await sampling
             if self.profiler is not None:
                 self.profiler.stop()
 
-    async def _measure(self, js: JetStreamContext, buckets: Buckets, store: OrderStore) -> Result:
+    async def _measure(self, handles: Handles) -> Result:
         opts = self.opts
+        js, buckets, store = handles.js, handles.buckets, handles.store
         self.cpu.start()
         first_submit = datetime.now(UTC)
         start = time.monotonic()
         if not opts.http:
-            intake = Intake(js, store, buckets.idempotency)
             faults = self.settings.fault_injection
-            submit = direct_submitter(intake, opts, start, fault_injection=faults)
+            submit = direct_submitter(handles.intake, opts, start, fault_injection=faults)
         elif opts.client == "httpx":
             submit = httpx_submitter(self.settings.api_port, opts, start)
         else:
@@ -381,10 +381,8 @@ async def run(opts: Options, procs: Processes) -> Result:
     bench = Run(opts, procs, settings)
     if server.proc is not None:
         bench.watch("nats-server", server.proc.pid, profile=False)
-    async with connection(settings, "orderflow-bench") as nc:
-        js = jetstream(nc, settings)
-        buckets = await ensure_resources(js, settings)
-        return await bench.execute(js, buckets)
+    async with broker_handles(settings, "orderflow-bench") as handles:
+        return await bench.execute(handles)
 
 
 def _result(
