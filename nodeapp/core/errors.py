@@ -11,7 +11,8 @@
     ├── IdempotencyConflict  an Idempotency-Key reused with a different body (HTTP 422)
     ├── InvalidOrder         input that cannot become an order; carries per-field errors (4xx)
     │   ├── InvalidProduct   ... or a product, a catalog file, a catalog page request
-    │   └── InvalidPaymentMessage  ... or a gateway request or callback body (422)
+    │   ├── InvalidPaymentMessage  ... or a gateway request or callback body (422)
+    │   └── InvalidTokenRequest  ... or an API token request: name, scopes, customer, ttl (422)
     ├── ResourceMissing      a stream, consumer or bucket is gone (HTTP 503 until recreated)
     ├── NodeNotFound         no live node with that id in the registry (HTTP 404)
     ├── NodeUnresponsive     a registered node did not answer a control request (HTTP 502-504)
@@ -27,7 +28,11 @@
     │   └── PaymentFenced    ... the gateway saw a higher epoch for that payment (HTTP 409)
     ├── GatewayUnavailable   the payment gateway unreachable, slow or failing: retry later
     ├── PaymentNotFound      no payment with that id at the gateway (HTTP 404)
-    └── PaymentConflict      a payment cannot move that way (capture a declined one) (409)
+    ├── PaymentConflict      a payment cannot move that way (capture a declined one) (409)
+    ├── Unauthenticated      API token missing, malformed, unknown, expired or revoked (HTTP 401)
+    ├── Forbidden            a valid token not allowed to do that: scope or customer (403)
+    ├── RateLimited          a token over its request rate; ``retry_after`` seconds (429)
+    └── TokenNotFound        no API token with that id (HTTP 404)
 
 Callers catch meaning, not library types; ``api.problems`` is the one place mapping these to HTTP.
 """
@@ -261,3 +266,44 @@ class InvalidPaymentMessage(InvalidOrder):
 
     An ``InvalidOrder`` so the api answers it the same way: 422 problem+json naming each field.
     """
+
+
+class InvalidTokenRequest(InvalidOrder):
+    """An API token request that cannot be granted (unknown scope, bad name, customer or ttl).
+
+    An ``InvalidOrder`` so the api answers it the same way: 422 problem+json naming each field.
+    """
+
+
+class Unauthenticated(OrderflowError):
+    """The request carries no usable API token. ``reason`` is one of ``missing``,
+    ``malformed``, ``unknown``, ``expired``, ``revoked``; it goes to logs and the 401's detail,
+    the presented token never does. ``token_id`` is the id part when one could be read (an id
+    alone grants nothing)."""
+
+    def __init__(self, reason: str, token_id: str | None = None) -> None:
+        super().__init__(f"API token {reason}")
+        self.reason = reason
+        self.token_id = token_id
+
+
+class Forbidden(OrderflowError):
+    """A valid token that may not do this: a missing scope, or another customer's order."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RateLimited(OrderflowError):
+    """A token over its request rate; ``retry_after`` is when the next request would pass."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"request rate limit exceeded; retry after {retry_after:.2f}s")
+        self.retry_after = retry_after
+
+
+class TokenNotFound(OrderflowError):
+    def __init__(self, token_id: str) -> None:
+        super().__init__(f"API token {token_id} not found")
+        self.token_id = token_id

@@ -45,6 +45,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     notify_webhook: str = ""  # empty: notifications are recorded, not sent anywhere
     notify_secret: str = ""
     order_sla: float = 300.0
+    # Security (nodeapp.security): the bootstrap admin token, the per-token request rate, and
+    # the token CLI commands send.
+    admin_token: str = ""  # empty: no bootstrap admin; set, it must be >= 32 characters
+    rate_limit: float = 200.0  # requests per second per token, burst twice that
+    token: str = ""
 
     def __repr__(self) -> str:
         """Secrets never reach a log line or an error message through ``repr``."""
@@ -76,6 +81,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             (self.payment_delay >= 0, "ORDERFLOW_PAYMENT_DELAY", "must be >= 0"),
             (self.payment_timeout > 0, "ORDERFLOW_PAYMENT_TIMEOUT", "must be > 0"),
             (self.order_sla > 0, "ORDERFLOW_ORDER_SLA", "must be > 0"),
+            (self.rate_limit > 0, "ORDERFLOW_RATE_LIMIT", "must be > 0"),
+            (_token_or_empty(self.admin_token, 32), "ORDERFLOW_ADMIN_TOKEN", ADMIN_TOKEN_RULE),
+            (_token_or_empty(self.token, 1), "ORDERFLOW_TOKEN", "must be printable, no spaces"),
             (_http_or_empty(self.payment_url), "ORDERFLOW_PAYMENT_URL", HTTP_URL),
             (_http_or_empty(self.notify_webhook), "ORDERFLOW_NOTIFY_WEBHOOK", HTTP_URL),
             (bool(self.nats_servers), "NATS_URL", "must name at least one server"),
@@ -91,8 +99,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self
 
 
-SECRET_FIELDS: Final = frozenset({"payment_secret", "notify_secret"})
+SECRET_FIELDS: Final = frozenset({"payment_secret", "notify_secret", "admin_token", "token"})
 HTTP_URL: Final = "must be an http(s) URL (or empty)"
+ADMIN_TOKEN_RULE: Final = "must be empty or >= 32 printable characters without spaces"
+
+
+def _token_or_empty(token: str, min_length: int) -> bool:
+    """A token travels in an HTTP header: printable ASCII, no spaces; short ones are guessable."""
+    return not token or (len(token) >= min_length and all("!" <= c <= "~" for c in token))
 
 
 def _http_or_empty(url: str) -> bool:
@@ -136,6 +150,9 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ORDERFLOW_NOTIFY_WEBHOOK": ("notify_webhook", str),
     "ORDERFLOW_NOTIFY_SECRET": ("notify_secret", str),
     "ORDERFLOW_ORDER_SLA": ("order_sla", float),
+    "ORDERFLOW_ADMIN_TOKEN": ("admin_token", str),
+    "ORDERFLOW_RATE_LIMIT": ("rate_limit", float),
+    "ORDERFLOW_TOKEN": ("token", str),
 }
 
 FIELD_TO_ENV = {field: name for name, (field, _) in ENV.items()}
