@@ -1,13 +1,20 @@
 """The app factory: nothing connects at import; each app owns its broker link.
 
 Tests build apps with their own settings and broker; ``api.server`` builds one for uvicorn.
+With ``ORDERFLOW_PAYMENT_URL`` unset the app also hosts the simulated payment gateway under
+``/sim/payments`` (ADR 0010); its pending verdicts stop before the broker link drains.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
+from litestar.types import ControllerRouterHandler
 
 from api.broker_link import STATE_KEY, BrokerLink
 from api.metrics import METRICS_KEY, ApiMetrics
@@ -15,11 +22,15 @@ from api.paths import SCHEMA
 from api.problems import EXCEPTION_HANDLERS
 from api.routes import ROUTE_HANDLERS
 from api.routes.metrics import metrics as metrics_route
+from api.routes.payments import inbox_dependency
 from api.tracing import tracing_middleware, tracing_plugin
 from nodeapp import __version__
 from nodeapp.core.settings import Settings
 from nodeapp.core.tracing import recording
 from nodeapp.orders.requests import MAX_BODY_BYTES
+from nodeapp.shop.callbacks import PaymentInbox
+from nodeapp.shop.gateway import Gateway
+from nodeapp.shop.gateway_app import gateway_router
 
 
 def create_app(settings: Settings, *, traced: bool | None = None) -> Litestar:
@@ -31,18 +42,29 @@ def create_app(settings: Settings, *, traced: bool | None = None) -> Litestar:
     link = BrokerLink(settings)
     metrics = ApiMetrics(link)
     traced = recording() if traced is None else traced
+    handlers: list[ControllerRouterHandler] = [*ROUTE_HANDLERS, metrics_route]
+    lifespan: list[Callable[[Litestar], AbstractAsyncContextManager[Any]]] = [link.lifespan]
+    if not settings.payment_url:  # nodes pay here: ORDERFLOW_API_URL + /sim/payments
+        gateway = Gateway(settings, link.gateway_bucket)
+        handlers.append(gateway_router(gateway))
+        lifespan.append(gateway.lifespan)  # after the link's: it stops before the link drains
+    inbox = PaymentInbox(link.payments_bucket, settings.payment_secret)
     return Litestar(
-        route_handlers=[*ROUTE_HANDLERS, metrics_route],
+        route_handlers=handlers,
+        dependencies=inbox_dependency(inbox),
         state=State({STATE_KEY: link, METRICS_KEY: metrics}),
         middleware=[metrics.middleware, *([tracing_middleware()] if traced else [])],
         plugins=[tracing_plugin()] if traced else [],
-        lifespan=[link.lifespan],
+        lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(
             title="orderflow",
             version=__version__,
-            description="Submit orders and follow them through their steps.",
+            description=(
+                "Submit orders and follow them through their steps; manage the catalog and "
+                "its stock; receive the payment gateway's signed verdicts."
+            ),
             path=SCHEMA,
         ),
         logging_config=None,  # the process configures logging (json or console), not Litestar

@@ -3,8 +3,10 @@
 A load balancer should see the process alive (``/healthz``) and not ready (``/readyz`` 503) while
 NATS is away, rather than a crash loop; routes that need the broker answer 503 until the link is
 up. The link's task owns the connection: it connects, opens the broker handles
-(``nodeapp.orders.handles``, which creates the JetStream resources), retrying with backoff, then
-holds the connection until the lifespan cancels it, and drains it on the way out.
+(``nodeapp.orders.handles``, which creates the JetStream resources) and the shop's
+(``nodeapp.shop.resources``), retrying with backoff, then holds the connection with the catalog
+cache that prices every submit watching it, until the lifespan cancels it; the cache stops and
+the connection drains on the way out.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Final
 
+import msgspec
 import nats.errors
 from litestar import Litestar
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from api.responses import AnyRequest
 from nodeapp.broker.connection import connection
@@ -26,8 +30,14 @@ from nodeapp.broker.resources import Buckets
 from nodeapp.core.errors import BrokerUnavailable, OrderflowError
 from nodeapp.core.settings import Settings
 from nodeapp.orders.handles import Handles, open_handles
-from nodeapp.orders.intake import Intake
+from nodeapp.orders.intake import Companion, Intake
+from nodeapp.orders.model import Order
 from nodeapp.orders.store import OrderStore
+from nodeapp.shop.cache import CatalogCache
+from nodeapp.shop.catalog import Catalog
+from nodeapp.shop.notifications import schedule_delayed
+from nodeapp.shop.resources import ShopBuckets, ensure_shop_resources
+from nodeapp.shop.stock import Stock
 
 log = logging.getLogger("orderflow.api.broker")
 
@@ -36,35 +46,65 @@ CLIENT_NAME: Final = "orderflow-api"
 MAX_BACKOFF: Final = 5.0
 
 
+class Linked(msgspec.Struct, frozen=True):
+    """What the link holds while connected; valid while the connection is open."""
+
+    handles: Handles
+    shop: ShopBuckets
+    catalog: Catalog
+    prices: CatalogCache
+    intake: Intake
+
+
 class BrokerLink:
-    """Routes ask it for the store and intake; it raises ``BrokerUnavailable`` while down."""
+    """Routes ask it for the store, intake and catalog; it raises ``BrokerUnavailable`` while
+    down."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._handles: Handles | None = None
+        self._linked: Linked | None = None
 
-    def _up(self) -> Handles:
-        handles = self._handles
-        if handles is None:
+    def _up(self) -> Linked:
+        linked = self._linked
+        if linked is None:
             raise BrokerUnavailable("not connected to the broker yet")
-        if not handles.nc.is_connected:  # nats-py is reconnecting: fail now, not at a timeout
+        if not linked.handles.nc.is_connected:  # reconnecting: fail now, not at a timeout
             raise BrokerUnavailable("connection to the broker lost; reconnecting")
-        return handles
+        return linked
 
     def connection(self) -> NATS:
-        return self._up().nc
+        return self._up().handles.nc
 
     def jetstream(self) -> JetStreamContext:
-        return self._up().js
+        return self._up().handles.js
 
     def buckets(self) -> Buckets:
-        return self._up().buckets
+        return self._up().handles.buckets
 
     def store(self) -> OrderStore:
-        return self._up().store
+        return self._up().handles.store
 
     def intake(self) -> Intake:
+        """The api's intake: each order's ``order.delayed`` schedule goes out with it."""
         return self._up().intake
+
+    def shop(self) -> ShopBuckets:
+        return self._up().shop
+
+    def catalog(self) -> Catalog:
+        return self._up().catalog
+
+    def prices(self) -> CatalogCache:
+        """The watched catalog every submit is priced from."""
+        return self._up().prices
+
+    async def payments_bucket(self) -> KeyValue:
+        """Bucket ``payments`` (a ``BucketSource`` for the callback inbox)."""
+        return self._up().shop.payments
+
+    async def gateway_bucket(self) -> KeyValue:
+        """Bucket ``gateway`` (a ``BucketSource`` for the simulated gateway the api hosts)."""
+        return self._up().shop.gateway
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Litestar) -> AsyncIterator[None]:
@@ -92,14 +132,34 @@ class BrokerLink:
                 delay = min(delay * 2, MAX_BACKOFF)
 
     async def _hold_connection(self) -> None:
-        """Connect (nats-py retries until a server answers), open the handles, then wait."""
+        """Connect (nats-py retries until a server answers), open the handles and the shop's,
+        start the catalog cache, then wait."""
         async with connection(self.settings, CLIENT_NAME) as nc:
-            self._handles = await open_handles(nc, self.settings)
-            log.info("broker link ready", extra={"event": "api.broker_ready"})
-            try:
-                await asyncio.Event().wait()  # hold the connection until cancelled
-            finally:
-                self._handles = None
+            handles = await open_handles(nc, self.settings)
+            shop = await ensure_shop_resources(handles.js, self.settings)
+            async with CatalogCache(shop.catalog) as prices:
+                self._linked = _linked(handles, shop, prices, self.settings)
+                log.info("broker link ready", extra={"event": "api.broker_ready"})
+                try:
+                    await asyncio.Event().wait()  # hold the connection until cancelled
+                finally:
+                    self._linked = None
+
+
+def _linked(handles: Handles, shop: ShopBuckets, prices: CatalogCache, s: Settings) -> Linked:
+    catalog = Catalog(handles.js, shop, Stock(shop.stock))  # the process's one Stock
+    schedule = _delayed_notification(handles.js, s.order_sla)
+    intake = Intake(handles.js, handles.store, handles.buckets.idempotency, schedule)
+    return Linked(handles, shop, catalog, prices, intake)
+
+
+def _delayed_notification(js: JetStreamContext, sla: float) -> Companion:
+    """Each order's ``order.delayed``, scheduled ``sla`` seconds after its submit."""
+
+    async def schedule(order: Order) -> None:
+        await schedule_delayed(js, order.order_id, order.start_time, sla)
+
+    return schedule
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

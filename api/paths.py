@@ -9,6 +9,10 @@ from typing import Final
 ORDERS: Final = "/orders"
 ORDER: Final = ORDERS + "/{order_id:str}"
 ORDER_HISTORY: Final = ORDER + "/history"
+ORDER_NOTIFICATIONS: Final = ORDER + "/notifications"
+PRODUCTS: Final = "/products"
+PRODUCT: Final = PRODUCTS + "/{product_id:str}"
+PRODUCT_STOCK: Final = PRODUCT + "/stock"
 CLUSTER: Final = "/cluster"
 NODE: Final = CLUSTER + "/nodes/{node_id:str}"
 NODE_DRAIN: Final = NODE + "/drain"
@@ -23,3 +27,8 @@ SCHEMA: Final = "/schema"
 def order_location(order_id: str) -> str:
     """The ``Location`` of an order: where ``GET`` finds its document."""
     return f"{ORDERS}/{order_id}"
+
+
+def product_location(product_id: str) -> str:
+    """The ``Location`` of a product (its id may hold ``:``, which a path segment allows)."""
+    return f"{PRODUCTS}/{product_id}"

@@ -8,7 +8,7 @@ internals). Controllers raise meaning; they never pick status codes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Final
 
@@ -22,7 +22,10 @@ from api.schemas import Problem, ProblemFieldError
 from nodeapp.core.errors import (
     BrokerUnavailable,
     DeadLetterNotFound,
+    Fenced,
     FieldError,
+    GatewayUnavailable,
+    HoldConflict,
     IdempotencyConflict,
     InvalidOrder,
     NodeNotFound,
@@ -30,8 +33,16 @@ from nodeapp.core.errors import (
     NotReplayable,
     OrderflowError,
     OrderNotFound,
+    OutOfStock,
+    PaymentConflict,
+    PaymentFenced,
+    PaymentNotFound,
+    ProductNotFound,
     ResourceMissing,
+    StockConflict,
+    StockContention,
 )
+from nodeapp.core.signing import BadSignature
 
 log = logging.getLogger("orderflow.api")
 
@@ -152,6 +163,29 @@ def _invalid_order(request: AnyRequest, exc: InvalidOrder) -> Response[bytes]:
     return problem_response(request, exc.status, detail, errors=exc.errors)
 
 
+def _answer(
+    status: int, name: str | None = None, retry_after: str | None = None
+) -> Callable[[AnyRequest, OrderflowError], Response[bytes]]:
+    """A handler answering ``status`` with the error's own message as the detail (every
+    error of the tree says what went wrong, and never a secret)."""
+    headers = {"Retry-After": retry_after} if retry_after else None
+
+    def handler(request: AnyRequest, exc: OrderflowError) -> Response[bytes]:
+        return problem_response(
+            request, status, str(exc), type_=problem_type(status, name), headers=headers
+        )
+
+    return handler
+
+
+def _bad_signature(request: AnyRequest, exc: BadSignature) -> Response[bytes]:
+    """A refused signed callback is worth a line: a misconfigured secret or a forgery."""
+    log.warning("signed request refused: %s", exc, extra={"event": "api.bad_signature"})
+    return problem_response(
+        request, 401, f"refused: {exc}", type_=problem_type(401, "bad-signature")
+    )
+
+
 def _orderflow_error(request: AnyRequest, exc: OrderflowError) -> Response[bytes]:
     log.error("unmapped orderflow error: %s", exc, exc_info=exc)
     return problem_response(request, 500, "internal error")
@@ -194,6 +228,18 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     ResourceMissing: _resource_missing,
     IdempotencyConflict: _idempotency_conflict,
     InvalidOrder: _invalid_order,
+    # The shop's (ADR 0010).
+    ProductNotFound: _answer(404),
+    StockConflict: _answer(409, "stock-conflict"),
+    StockContention: _answer(503, "stock-contention", retry_after="1"),
+    OutOfStock: _answer(409, "out-of-stock"),
+    HoldConflict: _answer(409, "hold-conflict"),
+    Fenced: _answer(409, "fenced"),
+    PaymentFenced: _answer(409, "payment-fenced"),
+    PaymentNotFound: _answer(404),
+    PaymentConflict: _answer(409, "payment-conflict"),
+    GatewayUnavailable: _answer(503, "gateway-unavailable", retry_after="1"),
+    BadSignature: _bad_signature,
     OrderflowError: _orderflow_error,
     HTTPException: _http_exception,
     Exception: _unexpected,

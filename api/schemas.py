@@ -1,5 +1,6 @@
-"""What crosses the HTTP boundary besides the domain's own documents: the answers' Structs, and
-the two submit checks that are about HTTP itself (Content-Type, the ``Idempotency-Key`` header).
+"""What crosses the HTTP boundary besides the domain's own documents: the answers' Structs, the
+stock change's body, and the two submit checks that are about HTTP itself (Content-Type, the
+``Idempotency-Key`` header).
 
 The order body's checks live with the request model in ``nodeapp.orders.requests``, so every
 submitter runs them; these raise the same ``InvalidOrder`` and ``api.problems`` shapes both.
@@ -9,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Annotated, Final
 
 import msgspec
 
 from api.responses import JSON
-from nodeapp.core.errors import FieldError, InvalidOrder
-from nodeapp.orders.requests import IDEMPOTENCY_KEY, check_idempotency_key
+from nodeapp.core.errors import FieldError, InvalidOrder, InvalidProduct
+from nodeapp.orders.requests import IDEMPOTENCY_KEY, check_idempotency_key, field_error
+
+MAX_DELTA: Final = 1_000_000_000
 
 
 class SubmitResponse(msgspec.Struct, frozen=True):
@@ -43,6 +47,29 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
     detail: str
     instance: str | None = None
     errors: list[ProblemFieldError] | None = None
+
+
+class StockChange(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``POST /products/{id}/stock``: add ``delta`` to ``on_hand`` (negative removes)."""
+
+    delta: Annotated[int, msgspec.Meta(ge=-MAX_DELTA, le=MAX_DELTA)]
+
+
+_stock_change: Final = msgspec.json.Decoder(StockChange)
+
+
+def decode_stock_change(body: bytes) -> StockChange:
+    """The body as a ``StockChange``, or ``InvalidProduct``: 400 for broken JSON or a body that
+    is not an object, 422 naming the field otherwise (``"5"``, ``1.5`` and ``true`` are not
+    whole numbers)."""
+    try:
+        return _stock_change.decode(body)
+    except msgspec.ValidationError as exc:
+        error = field_error(str(exc))
+        raise InvalidProduct([error], status=400 if error.field == "body" else 422) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        error = FieldError("body", f"is not valid JSON: {exc}")
+        raise InvalidProduct([error], status=400) from None
 
 
 def require_json(content_type: tuple[str, Mapping[str, str]]) -> None:

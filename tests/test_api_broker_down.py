@@ -12,7 +12,7 @@ import httpx
 
 from nodeapp.core.settings import Settings, load_settings
 from nodeapp.local.natsserver import NatsServer, free_port
-from nodeapp.orders.handles import Handles
+from nodeapp.orders.handles import Handles, broker_handles
 from tests.support.api_fixtures import (
     assert_problem,
     order_body,
@@ -21,6 +21,7 @@ from tests.support.api_fixtures import (
     wait_ready,
     work_messages,
 )
+from tests.support.catalog import load_test_catalog
 from tests.support.waiting import wait_for
 
 # A behavioural bound, not a benchmark: the design promises 503 "within a couple of seconds".
@@ -89,6 +90,8 @@ async def test_api_starts_without_a_broker_and_connects_when_it_appears(tmp_path
         server = await asyncio.to_thread(NatsServer(tmp_path / "late", port=port).start)
         try:
             await wait_ready(client, within=30)
+            async with broker_handles(settings, "tests") as handles:
+                await load_test_catalog(handles, settings)  # a new broker: an empty catalog
             assert await _submit_succeeds(client) is not None
         finally:
             await asyncio.to_thread(server.stop)

@@ -13,10 +13,7 @@ from nodeapp.cluster.membership import Heartbeat, NodeStats
 from nodeapp.core.settings import Settings
 from nodeapp.orders.handles import Handles
 from nodeapp.orders.model import STEP_NAMES, encode, utcnow
-from tests.support.api_fixtures import (
-    assert_problem,
-    order_body,
-)
+from tests.support.api_fixtures import ServedApi, assert_problem, order_body
 from tests.support.nodes import running_node
 from tests.support.processes import NodeProcesses
 from tests.support.waiting import wait_for
@@ -47,8 +44,9 @@ async def _wait_terminal(api: httpx.AsyncClient, order_id: str) -> dict[str, Any
 
 
 async def test_cluster_shows_the_backlog_then_the_node_working_it_off(
-    api: httpx.AsyncClient, settings: Settings
+    served_api: ServedApi,
 ) -> None:
+    api, settings = served_api.http, served_api.settings
     idle = await _cluster(api)
     assert idle["nodes"] == []
     assert (idle["capacity"], idle["in_flight"]) == (0, 0)
@@ -175,7 +173,8 @@ def _assert_well_ordered(revisions: list[dict[str, Any]], final: dict[str, Any])
     assert all(r["node_id"] == "node-h" for r in revisions[1:])
 
 
-async def test_history_of_a_completed_order(api: httpx.AsyncClient, settings: Settings) -> None:
+async def test_history_of_a_completed_order(served_api: ServedApi) -> None:
+    api, settings = served_api.http, served_api.settings
     order_id = await _submit(api)
     async with running_node(settings, "node-h"):
         final = await _wait_terminal(api, order_id)
@@ -197,7 +196,8 @@ async def test_history_of_a_completed_order(api: httpx.AsyncClient, settings: Se
     ]
 
 
-async def test_history_of_a_failed_order(api: httpx.AsyncClient, settings: Settings) -> None:
+async def test_history_of_a_failed_order(served_api: ServedApi) -> None:
+    api, settings = served_api.http, served_api.settings
     order_id = await _submit(api, fail_at="Processing")
     async with running_node(settings, "node-h"):
         final = await _wait_terminal(api, order_id)

@@ -46,8 +46,11 @@ async def test_submit_then_read_shows_the_pending_order(
     assert order["start_time"] == accepted["start_time"]
     assert order["complete_time"] is None
     assert order["customer_id"] == "cust-1"
-    assert order["items"] == [{"product_id": "sku-1", "quantity": 2, "unit_price": None}]
+    assert order["items"] == [{"product_id": "sku-1", "quantity": 2, "unit_price": "6.25"}]
     assert order["amount"] == "12.50"
+    assert order["payment_token"] == "tok_ok"  # the default card: approved
+    assert order["payment"] is None  # Pre-Processing has not authorized anything yet
+    assert order["contact"] is None
     assert [s["name"] for s in order["steps"]] == list(STEP_NAMES)
     assert all(s["status"] == "pending" for s in order["steps"])
     assert order["failure"] is None
@@ -58,7 +61,7 @@ async def test_submit_then_read_shows_the_pending_order(
 
 
 @pytest.mark.parametrize(
-    ("amount", "stored"), [(12.5, "12.5"), (0, "0"), ("1000000000", "1000000000"), (None, None)]
+    ("amount", "stored"), [(12.5, "12.50"), ("12.50", "12.50"), ("12.5", "12.50"), (None, "12.50")]
 )
 async def test_amount_is_a_number_or_string_or_absent(
     api: httpx.AsyncClient, amount: object, stored: str | None
@@ -166,7 +169,9 @@ async def test_openapi_describes_the_order_body(api: httpx.AsyncClient) -> None:
     assert submit["requestBody"]["required"] is True
     order_request = submit["requestBody"]["content"]["application/json"]["schema"]
     assert order_request["title"] == "OrderRequest"
-    properties = {"customer_id", "items", "amount", "fail_at", "poison_at"}
+    properties = {
+        "customer_id", "items", "amount", "fail_at", "poison_at", "payment_token", "contact",
+    }  # fmt: skip
     assert set(order_request["properties"]) == properties
     assert order_request["required"] == ["customer_id", "items"]
     assert order_request["additionalProperties"] is False  # unknown fields are refused

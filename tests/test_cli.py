@@ -7,10 +7,13 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
+import nats.js.errors
 import pytest
 
 from api.server import serve_async
@@ -18,7 +21,11 @@ from nodeapp.cli.client_parser import handles
 from nodeapp.cli.main import parse
 from nodeapp.core.settings import Settings, settings_env
 from nodeapp.local.natsserver import free_port
+from nodeapp.local.supervisor import Child, child_env, python_module
 from nodeapp.orders.handles import Handles
+from nodeapp.shop.catalog import Catalog
+from nodeapp.shop.resources import ensure_shop_resources
+from tests.support.api_fixtures import served_settings
 from tests.support.cli import Cli, Run
 from tests.support.nodes import running_node
 from tests.support.processes import NodeProcesses
@@ -28,11 +35,16 @@ UNKNOWN_ORDER = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
 
 
 @pytest.fixture
-async def cli(settings: Settings, broker: Handles) -> AsyncIterator[Cli]:
+def api_settings(settings: Settings) -> Settings:
+    """The test's settings for an api on a free port, hosting the payment gateway: nodes run
+    with these pay there."""
+    return served_settings(settings, free_port())
+
+
+@pytest.fixture
+async def cli(api_settings: Settings, broker: Handles) -> AsyncIterator[Cli]:
     """An api served by uvicorn on a free port in this event loop, and a CLI pointed at it."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    api_settings = msgspec.structs.replace(settings, api_port=port, api_url=url)
+    url = api_settings.api_url
     stop = asyncio.Event()
     server = asyncio.create_task(serve_async(api_settings, stop))
 
@@ -53,18 +65,19 @@ async def cli(settings: Settings, broker: Handles) -> AsyncIterator[Cli]:
 
 
 async def test_submit_watch_get_and_history_of_a_completed_order(
-    cli: Cli, settings: Settings
+    cli: Cli, api_settings: Settings
 ) -> None:
     submitted = await cli(
-        "order", "submit", "--customer", "c-1", "--item", "sku-1:2", "--item", "a:b:3",
-        "--amount", "19.99", "--idempotency-key", "k-1", "--json",
+        "order", "submit", "--customer", "c-1", "--item", "sku-1:2", "--item", "a:1:3",
+        "--amount", "20.00", "--idempotency-key", "k-1", "--json",
+        "--email", "ann@example.com", "--phone", "+49 30 1234567", "--payment-token", "tok_visa",
     )  # fmt: skip
     assert submitted.code == 0, submitted.err
     order_id = submitted.json()["order_id"]
     assert submitted.json()["status"] == "accepted"
 
     # Steps slow enough for the watch (polling every 50 ms) to see them go by.
-    async with running_node(msgspec.structs.replace(settings, step_seconds=0.3), "node-c"):
+    async with running_node(msgspec.structs.replace(api_settings, step_seconds=0.3), "node-c"):
         watched = await cli("order", "watch", order_id, "--interval", "0.05")
     assert watched.code == 0, watched.err
     lines = watched.out.splitlines()
@@ -76,11 +89,15 @@ async def test_submit_watch_get_and_history_of_a_completed_order(
     shown = await cli("order", "get", order_id)
     assert shown.code == 0, shown.err
     assert "completed (Completed)" in shown.out
-    assert "sku-1 x2, a:b x3" in shown.out
+    assert "sku-1 x2 at 6.25, a:1 x3 at 2.50" in shown.out
+    assert "captured 20.00" in shown.out
+    assert "ann@example.com, +49 30 1234567" in shown.out
     assert shown.out.count("node-c") >= 4  # owner and each step
     document = (await cli("order", "get", order_id, "--json")).json()
     assert document["status"] == "completed"
-    assert document["amount"] == "19.99"
+    assert document["amount"] == "20.00"
+    assert document["payment_token"] == "tok_visa"
+    assert document["contact"] == {"email": "ann@example.com", "phone": "+49 30 1234567"}
 
     history = await cli("order", "history", order_id)
     assert history.code == 0, history.err
@@ -92,22 +109,23 @@ async def test_submit_watch_get_and_history_of_a_completed_order(
     assert [r["transition"] for r in revisions][-1] == "Post-Processing completed, order completed"
 
     replay = await cli(
-        "order", "submit", "--customer", "c-1", "--item", "sku-1:2", "--item", "a:b:3",
-        "--amount", "19.99", "--idempotency-key", "k-1",
+        "order", "submit", "--customer", "c-1", "--item", "sku-1:2", "--item", "a:1:3",
+        "--amount", "20.00", "--idempotency-key", "k-1",
+        "--email", "ann@example.com", "--phone", "+49 30 1234567", "--payment-token", "tok_visa",
     )  # fmt: skip
     assert replay.code == 0, replay.err
     assert order_id in replay.out
     assert "replayed" in replay.out
 
 
-async def test_watch_follows_a_failure_and_its_rollback(cli: Cli, settings: Settings) -> None:
+async def test_watch_follows_a_failure_and_its_rollback(cli: Cli, api_settings: Settings) -> None:
     submitted = await cli(
         "order", "submit", "--customer", "c-2", "--item", "sku-2:1", "--fail-at", "Processing"
     )
     assert submitted.code == 0, submitted.err
     order_id = submitted.out.split()[1]
     assert f"orderflow order watch {order_id}" in submitted.out
-    async with running_node(settings, "node-c"):
+    async with running_node(api_settings, "node-c"):
         watched = await cli("order", "watch", order_id, "--interval", "0.05", "--json")
     assert watched.code == 0, watched.err
     documents = [json.loads(line) for line in watched.out.splitlines()]
@@ -190,6 +208,123 @@ async def test_failures_are_one_line_and_an_exit_code(cli: Cli) -> None:
     assert refused.code == 2  # the api's 422, naming the field
     assert "customer_id" in refused.err
     assert all(run.out == "" for run in runs)
+
+
+async def test_init_creates_the_shops_resources_too(
+    settings: Settings, bare_broker: Handles
+) -> None:
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await bare_broker.js.key_value("catalog")
+    run = await Cli({**os.environ, **settings_env(settings)})("init")
+    assert (run.code, run.out) == (0, f"JetStream resources ready on {settings.nats_url}\n")
+    for bucket in ("catalog", "stock", "gateway", "payments", "notifications"):
+        await bare_broker.js.key_value(bucket)
+    await bare_broker.js.consumer_info("NOTIFICATIONS", "notifier")
+
+
+async def test_catalog_load_then_ls(
+    cli: Cli, broker: Handles, api_settings: Settings, tmp_path: Path
+) -> None:
+    """``catalog load`` goes straight to the broker; a reload changes nothing; ``ls`` pages."""
+    products = [
+        {"product_id": "tea:green", "name": "Green tea", "price": "4.5", "on_hand": 12},
+        {"product_id": "tea-pot", "name": "Tea pot", "price": 30, "active": False},
+    ]
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(products))
+    loaded = await cli("catalog", "load", str(path))
+    assert loaded.code == 0, loaded.err
+    assert f"{path}: 2 products: 2 created, 0 updated, 0 unchanged; stock set for 1" in loaded.out
+    again = await cli("catalog", "load", str(path), "--json")
+    assert again.code == 0, again.err
+    assert again.json() == {
+        "created": 0, "updated": 0, "unchanged": 2, "stocked": 0, "stock_kept": 1,
+    }  # fmt: skip
+    catalog = Catalog(broker.js, await ensure_shop_resources(broker.js, api_settings))
+    assert (await catalog.view("tea:green")).stock.on_hand == 12
+    assert (await catalog.get("tea-pot")).price == Decimal("30.00")
+
+    listed = await cli("catalog", "ls", "--limit", "500")
+    assert listed.code == 0, listed.err
+    rows = {line.split()[0]: line.split()[1:3] for line in listed.out.splitlines()[1:]}
+    assert rows["tea:green"] == ["4.50", "yes"]
+    assert rows["tea-pot"] == ["30.00", "no"]
+    first = await cli("catalog", "ls", "--limit", "1", "--json")
+    cursor = first.json()["next_cursor"]
+    assert cursor is not None
+    second = await cli("catalog", "ls", "--limit", "1", "--cursor", cursor, "--json")
+    assert second.json()["products"][0]["product_id"] > first.json()["products"][0]["product_id"]
+
+
+async def test_catalog_load_refuses_a_bad_file_whole(
+    cli: Cli, broker: Handles, api_settings: Settings, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps(
+            [
+                {"product_id": "fine", "name": "Fine", "price": "1.00"},
+                {"product_id": "pricey", "name": "Pricey", "price": "1.005"},
+            ]
+        )
+    )
+    broken = tmp_path / "broken.json"
+    broken.write_text("[{")
+    runs = await asyncio.gather(
+        cli("catalog", "load", str(bad)),
+        cli("catalog", "load", str(broken)),
+        cli("catalog", "load", str(tmp_path / "missing.json")),
+        # The file is checked before the broker is asked: no wait for a broker that is away.
+        cli("catalog", "load", str(bad), "--nats-url", f"nats://127.0.0.1:{free_port()}"),
+    )
+    refused, unreadable, missing, refused_offline = runs
+    assert refused_offline.err == refused.err
+    assert refused.code == 2
+    assert refused.err == (
+        f"orderflow catalog load: {bad}: nothing loaded: "
+        "entry 1 (pricey): price must have at most 2 fractional digits\n"
+    )
+    assert unreadable.code == 2
+    assert "body is not valid JSON" in unreadable.err
+    assert missing.code == 2
+    assert "cannot read" in missing.err
+    assert all(run.out == "" and run.err.count("\n") == 1 for run in runs)
+    catalog = Catalog(broker.js, await ensure_shop_resources(broker.js, api_settings))
+    assert await catalog.find("fine") is None  # nothing of the bad file was written
+
+
+async def test_payments_runs_the_gateway_alone(
+    api_settings: Settings, broker: Handles, tmp_path: Path
+) -> None:
+    """``orderflow payments``: the simulated gateway on its own port; SIGTERM exits 0."""
+    port = free_port()
+    env = child_env(api_settings, ORDERFLOW_LOG_FORMAT="json")
+    gateway = Child(
+        "payments", python_module("nodeapp", "payments", "--port", str(port)), env=env,
+        log_path=tmp_path / "payments.log",
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+
+            async def answers() -> httpx.Response | None:
+                assert gateway.alive, gateway.log_tail()
+                try:
+                    return await http.get(f"/{UNKNOWN_ORDER}")
+                except httpx.TransportError:
+                    return None
+
+            unknown = await wait_for(answers, within=20)
+            assert unknown.status_code == 404
+            assert unknown.headers["content-type"].startswith("application/problem+json")
+            body = {
+                "order_id": UNKNOWN_ORDER, "amount": "1.00", "token": "tok_silent", "epoch": 1,
+                "callback_url": f"{api_settings.api_url}/payments/callback",
+            }  # fmt: skip
+            authorized = await http.post("/authorize", json=body)
+            assert authorized.status_code == 202, authorized.text
+            assert authorized.json()["status"] == "pending"
+    finally:
+        assert await asyncio.to_thread(gateway.stop, 15.0) == 0, gateway.log_tail()
 
 
 async def test_node_drain_through_the_cli(cli: Cli, node_processes: NodeProcesses) -> None:

@@ -1,8 +1,10 @@
 """``orderflow up`` as a new user runs it: ``python -m nodeapp up`` from an empty folder (so the
 packaged nats.conf is found), with a real nats-server, api and nodes as its children.
 
-It keeps serving when a node is SIGKILLed (the node is restarted and the cluster heals), it
-moves monitoring off a taken 8222, and SIGTERM stops everything and exits 0.
+It loads the demo catalog into the empty one and suggests an order that completes, paid at the
+gateway the api hosts; it keeps serving when a node is SIGKILLed (the node is restarted and the
+cluster heals), it moves monitoring off a taken 8222, it keeps its generated secrets private,
+and SIGTERM stops everything and exits 0.
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ from typing import Any
 import httpx
 import pytest
 
+from nodeapp.core.settings import load_settings
 from nodeapp.local.natsserver import free_port
+from nodeapp.local.secret_files import kept_secret
 from nodeapp.local.supervisor import Child, python_module
-from nodeapp.local.up import Monitor, monitor_address
+from nodeapp.local.up import KEPT_SECRETS, SECRETS_DIR, Monitor, local_settings, monitor_address
+from nodeapp.shop.products import DEMO_CATALOG
 from tests.support.waiting import wait_for
 
 MONITOR_PORT = 8222
 START_WITHIN = 60.0  # two shared cores: interpreters, nats-server, api and nodes all start
-_BANNER_LINE = re.compile(r"^  (api|broker|monitor|nodes)\s+(\S+)")
+_BANNER_LINE = re.compile(r"^  (api|broker|monitor|nodes|catalog|payments)\s+(\S+)")
 _CURL_BODY = re.compile(r"-d '(\{.*\})'")
 
 
@@ -62,12 +67,13 @@ def children_of(parent: int) -> set[int]:
 class Up:
     """One ``orderflow up`` subprocess run from ``folder``, its output in ``folder/up.log``."""
 
-    def __init__(self, folder: Path, nodes: int) -> None:
+    def __init__(self, folder: Path, nodes: int, *flags: str) -> None:
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.data_dir = folder / "data"
         argv = python_module(
             "nodeapp", "up", "--nodes", str(nodes), "--port", str(free_port()),
-            "--api-port", str(self.api_port), "--data-dir", str(folder / "data"),
+            "--api-port", str(self.api_port), "--data-dir", str(self.data_dir), *flags,
         )  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ORDERFLOW_", "NATS_"))}
         env |= {
@@ -94,14 +100,17 @@ class Up:
         return await wait_for(probe, within, interval=0.1)
 
     async def banner(self) -> dict[str, str]:
-        """``api``, ``broker``, ``monitor``, ``nodes`` and ``body`` (the suggested order)."""
+        """``api``, ``broker``, ``monitor``, ``nodes``, ``catalog`` and ``payments`` (each
+        line's first word), ``catalog line`` and ``try`` (whole lines), and ``body`` (the
+        suggested order's, when there is one)."""
         await self.wait_output("Ctrl-C stops everything", START_WITHIN)
         lines = self.output().splitlines()
         start = lines.index("orderflow is up")
         found = {m[1]: m[2] for line in lines[start:] if (m := _BANNER_LINE.match(line))}
+        found["catalog line"] = next(line for line in lines if line.startswith("  catalog"))
+        found["try"] = next(line for line in lines[start:] if line.startswith("try: "))
         body = _CURL_BODY.search(self.output())
-        assert body is not None, self.output()
-        return {**found, "body": body[1]}
+        return {**found, "body": body[1] if body else ""}
 
     def remember_children(self) -> None:
         """Note up's child pids (broker, api, nodes) to check none outlives it."""
@@ -145,7 +154,9 @@ async def cluster_pids(http: httpx.AsyncClient) -> set[int]:
     return {node["pid"] for node in response.json()["nodes"]}
 
 
-async def order_completes(http: httpx.AsyncClient, body: dict[str, Any]) -> None:
+async def order_completes(http: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    """Submit ``body`` (once the api's broker link is up); the order's final document."""
+
     async def submitted() -> str | None:
         response = await http.post("/orders", json=body)
         if response.status_code == 503:  # the api's broker link is still coming up
@@ -156,12 +167,12 @@ async def order_completes(http: httpx.AsyncClient, body: dict[str, Any]) -> None
 
     order_id = await wait_for(submitted, 20.0, interval=0.2)
 
-    async def completed() -> bool:
-        status: str = (await http.get(f"/orders/{order_id}")).json()["status"]
-        assert status != "failed", status
-        return status == "completed"
+    async def completed() -> dict[str, Any] | None:
+        order: dict[str, Any] = (await http.get(f"/orders/{order_id}")).json()
+        assert order["status"] != "failed", order["failure"]
+        return order if order["status"] == "completed" else None
 
-    await wait_for(completed, 30.0, interval=0.1)
+    return await wait_for(completed, 30.0, interval=0.1)
 
 
 async def test_up_serves_and_restarts_a_killed_node(up: Up) -> None:
@@ -174,9 +185,24 @@ async def test_up_serves_and_restarts_a_killed_node(up: Up) -> None:
     async with httpx.AsyncClient(timeout=5.0) as plain:
         assert (await plain.get(f"{monitor}/healthz")).status_code == 200
 
+    assert banner["catalog line"] == (
+        f"  catalog  {len(DEMO_CATALOG)} demo products loaded into the empty catalog "
+        "(--no-demo skips)"
+    )
+    assert banner["payments"] == f"{up.api_url}/sim/payments"
     body = json.loads(banner["body"])
+    demo = {item.product_id: item for item in DEMO_CATALOG}
+    [line] = body["items"]
+    assert body["amount"] == str(demo[line["product_id"]].price * line["quantity"])
     async with httpx.AsyncClient(base_url=up.api_url, timeout=5.0) as http:
-        await order_completes(http, body)
+        order = await order_completes(http, body)
+        # Paid at the gateway the api hosts, its verdict signed with the secret up generated.
+        assert (order["payment"]["status"], order["payment"]["amount"]) == (
+            "captured", body["amount"],
+        )  # fmt: skip
+        assert order["items"][0]["unit_price"] == body["amount"]
+        products = (await http.get("/products", params={"limit": 500})).json()["products"]
+        assert {p["product_id"] for p in products} == set(demo)
         pids = await wait_for(lambda: _exactly(http, 2), 30.0, interval=0.2)
         up.remember_children()
         victim = min(pids)
@@ -201,9 +227,12 @@ async def _exactly(http: httpx.AsyncClient, count: int) -> set[int] | None:
 
 
 async def test_sigterm_stops_everything_and_exits_0(tmp_path: Path) -> None:
-    process = Up(tmp_path, nodes=1)
+    process = Up(tmp_path, 1, "--no-demo")
     try:
-        await process.banner()
+        banner = await process.banner()
+        assert banner["catalog line"].split() == ["catalog", "empty:", *CATALOG_HINT.split()]
+        assert banner["try"].startswith("try: load products")
+        assert banner["body"] == ""
         async with httpx.AsyncClient(base_url=process.api_url, timeout=5.0) as http:
             await wait_for(lambda: _exactly(http, 1), 30.0, interval=0.2)
         process.remember_children()
@@ -213,8 +242,39 @@ async def test_sigterm_stops_everything_and_exits_0(tmp_path: Path) -> None:
         assert code == 0, process.output()
         assert pids_alive(process.descendants) == set()
         assert "orderflow stopped" in process.output()
+        kept = process.data_dir / SECRETS_DIR
+        assert (kept.stat().st_mode & 0o777) == 0o700
+        for name in KEPT_SECRETS:
+            secret = (kept / name).read_text().strip()
+            assert ((kept / name).stat().st_mode & 0o777) == 0o600
+            assert len(secret) >= 40
+            assert secret not in process.output()  # never printed or logged
     finally:
         await asyncio.to_thread(process.stop)
+
+
+CATALOG_HINT = "add products with orderflow catalog load FILE.json"
+
+
+def test_secrets_are_generated_once_kept_private_and_the_environments_win(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / SECRETS_DIR
+    first = kept_secret(folder, "payment_secret")
+    assert kept_secret(folder, "payment_secret") == first  # a restart keeps it
+    assert kept_secret(folder, "notify_secret") != first
+    path = folder / "payment_secret"
+    path.chmod(0o644)  # copied around by hand
+    assert kept_secret(folder, "payment_secret") == first
+    assert (path.stat().st_mode & 0o777) == 0o600
+
+    given = load_settings({"ORDERFLOW_PAYMENT_SECRET": "from-the-env", "ORDERFLOW_API_PORT": "9"})
+    settings = local_settings(given, tmp_path)
+    assert settings.payment_secret == "from-the-env"
+    assert settings.notify_secret == kept_secret(folder, "notify_secret")
+    assert settings.api_url == "http://127.0.0.1:9"  # where nodes pay and verdicts go
+    wildcard = local_settings(load_settings({"ORDERFLOW_API_HOST": "0.0.0.0"}), tmp_path)
+    assert wildcard.api_url == "http://127.0.0.1:8000"
 
 
 def test_the_monitor_port_follows_the_config_unless_it_is_taken(tmp_path: Path) -> None:

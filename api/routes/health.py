@@ -23,6 +23,9 @@ from api.schemas import HealthStatus
 from nodeapp.broker.connection import broker_errors
 from nodeapp.broker.resources import NODES_BUCKET, ORDERS_BUCKET, ORDERS_STREAM, WORKERS_CONSUMER
 from nodeapp.orders.model import encode
+from nodeapp.shop.notify_resources import STREAM as NOTIFICATIONS_STREAM
+from nodeapp.shop.payment_resources import PAYMENTS_BUCKET
+from nodeapp.shop.resources import CATALOG_BUCKET, STOCK_BUCKET
 
 # Probes arrive every few seconds: their answers are encoded once.
 _OK: Final = encode(HealthStatus("ok"))
@@ -39,18 +42,30 @@ async def healthz() -> Response[bytes]:
 
 
 async def _check_resources(js: JetStreamContext) -> None:
-    """Raise ``ServiceUnavailableException`` naming the first missing resource."""
+    """Raise ``ServiceUnavailableException`` naming every missing resource (asked at once)."""
     checks: tuple[tuple[str, Callable[[], Awaitable[object]]], ...] = (
         (f"stream {ORDERS_STREAM}", lambda: js.stream_info(ORDERS_STREAM)),
         (f"consumer {WORKERS_CONSUMER}", lambda: js.consumer_info(ORDERS_STREAM, WORKERS_CONSUMER)),
         (f"bucket {ORDERS_BUCKET}", lambda: js.key_value(ORDERS_BUCKET)),
         (f"bucket {NODES_BUCKET}", lambda: js.key_value(NODES_BUCKET)),
+        (f"bucket {CATALOG_BUCKET}", lambda: js.key_value(CATALOG_BUCKET)),
+        (f"bucket {STOCK_BUCKET}", lambda: js.key_value(STOCK_BUCKET)),
+        (f"bucket {PAYMENTS_BUCKET}", lambda: js.key_value(PAYMENTS_BUCKET)),
+        (f"stream {NOTIFICATIONS_STREAM}", lambda: js.stream_info(NOTIFICATIONS_STREAM)),
     )
-    for what, check in checks:
-        try:
-            await check()
-        except nats.js.errors.NotFoundError:
-            raise ServiceUnavailableException(f"{what} is missing") from None
+    found = await asyncio.gather(*(_missing(what, check) for what, check in checks))
+    if missing := [what for what in found if what is not None]:
+        verb = "is" if len(missing) == 1 else "are"
+        raise ServiceUnavailableException(f"{', '.join(missing)} {verb} missing")
+
+
+async def _missing(what: str, check: Callable[[], Awaitable[object]]) -> str | None:
+    """``what`` if ``check`` finds it missing, else None (other errors propagate)."""
+    try:
+        await check()
+    except nats.js.errors.NotFoundError:
+        return what
+    return None
 
 
 @get(

@@ -1,7 +1,8 @@
 """``POST /orders`` and ``GET /orders/{order_id}``: the submit path is kept lean on purpose.
 
 The body is read raw and checked by ``nodeapp.orders.requests`` (one pre-built msgspec decoder,
-no per-request parsing layer), the answer is encoded once, and the store is not read again after
+no per-request parsing layer), priced from the catalog cache in memory
+(``nodeapp.shop.checkout``), the answer is encoded once, and the store is not read again after
 a submit.
 """
 
@@ -24,6 +25,7 @@ from nodeapp.orders.requests import (
     OrderRequest,
     decode_order_request,
 )
+from nodeapp.shop.checkout import price_items
 
 
 @post(
@@ -33,9 +35,11 @@ from nodeapp.orders.requests import (
     operation_class=raw_json_body(OrderRequest, "The order; unknown fields are refused"),
     summary="Submit an order",
     description=(
-        "Stores the order and queues it for processing; poll the Location. With an "
-        f"{IDEMPOTENCY_KEY} header (1-255 visible ASCII characters) a retry returns the "
-        "original order (header Idempotent-Replayed: true)."
+        "Prices the items at the catalog's prices (every product must exist and be active; "
+        "an `amount`, when given, must equal the total), stores the order with each item's "
+        "`unit_price` and the total as `amount`, and queues it for processing; poll the "
+        f"Location. With an {IDEMPOTENCY_KEY} header (1-255 visible ASCII characters) a retry "
+        "returns the original order (header Idempotent-Replayed: true)."
     ),
     response_headers=[
         ResponseHeader(
@@ -47,7 +51,10 @@ from nodeapp.orders.requests import (
         400: problem_spec("Malformed JSON, or a bad Idempotency-Key"),
         413: problem_spec("Body over 64 KiB"),
         415: problem_spec("Content-Type is not application/json"),
-        422: problem_spec("Invalid fields, or an Idempotency-Key reused with another body"),
+        422: problem_spec(
+            "Invalid fields (an unknown or inactive items[i].product_id, an amount other than "
+            "the total), or an Idempotency-Key reused with another body"
+        ),
         503: BROKER_DOWN,
     },
 )
@@ -58,7 +65,9 @@ async def submit_order(request: AnyRequest) -> Response[bytes]:
     order_request = decode_order_request(
         await request.body(), fault_injection=link.settings.fault_injection
     )
-    result = await link.intake().submit(order_request, key)
+    # Priced before anything is written: an unknown product or a wrong amount stores nothing.
+    priced = await price_items(order_request.items, order_request.amount, link.prices().find)
+    result = await link.intake().submit(order_request, key, priced=priced)
     order = result.order
     headers = {"Location": order_location(order.order_id)}
     if not result.created:

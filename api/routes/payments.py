@@ -4,7 +4,8 @@ The body is read raw: the signature covers the exact bytes (``nodeapp.core.signi
 nothing parses it before ``PaymentInbox`` has verified it. A missing, wrong or stale
 (> 300 s) signature answers 401 problem+json and changes nothing; a valid duplicate answers
 200 and changes nothing; a callback contradicting the recorded one answers 409. The route needs
-no API token (the signature is its authentication).
+no API token (the signature is its authentication). ``api.problems`` maps ``BadSignature``
+and ``PaymentConflict`` as it maps every error.
 
 The app provides the inbox as the dependency ``payment_inbox``; ``inbox_dependency`` builds it::
 
@@ -15,22 +16,17 @@ The app provides the inbox as the dependency ``payment_inbox``; ``inbox_dependen
 
 from __future__ import annotations
 
-import logging
 from typing import Final
 
 import msgspec
 from litestar import Response, post
 from litestar.di import NamedDependency, Provide
 
-from api.problems import problem_response, problem_type
 from api.responses import AnyRequest, json_response
 from api.routes.openapi import BROKER_DOWN, json_spec, problem_spec, raw_json_body
-from nodeapp.core.errors import PaymentConflict
-from nodeapp.core.signing import SIGNATURE_HEADER, BadSignature
+from nodeapp.core.signing import SIGNATURE_HEADER
 from nodeapp.shop.callbacks import PaymentInbox
 from nodeapp.shop.payment_messages import CALLBACK_PATH, MAX_BODY_BYTES, PaymentCallback
-
-log = logging.getLogger("orderflow.api")
 
 PAYMENT_INBOX: Final = "payment_inbox"
 
@@ -52,23 +48,11 @@ def inbox_dependency(inbox: PaymentInbox) -> dict[str, Provide]:
     return {PAYMENT_INBOX: Provide(provide, sync_to_thread=False)}
 
 
-def _bad_signature(request: AnyRequest, exc: BadSignature) -> Response[bytes]:
-    log.warning("payment callback refused: %s", exc, extra={"event": "payment.callback_refused"})
-    return problem_response(
-        request, 401, f"callback refused: {exc}", type_=problem_type(401, "bad-signature")
-    )
-
-
-def _conflict(request: AnyRequest, exc: PaymentConflict) -> Response[bytes]:
-    return problem_response(request, 409, str(exc), type_=problem_type(409, "payment-conflict"))
-
-
 @post(
     CALLBACK_PATH,
     status_code=200,
     request_max_body_size=MAX_BODY_BYTES,
     operation_class=raw_json_body(PaymentCallback, "The gateway's verdict, as signed"),
-    exception_handlers={BadSignature: _bad_signature, PaymentConflict: _conflict},
     summary="Payment gateway callback",
     description=(
         f"The gateway's verdict on an authorization, signed in the {SIGNATURE_HEADER} header "

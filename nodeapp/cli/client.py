@@ -1,6 +1,7 @@
 """The operator's client commands: ``order submit|get|watch|history``, ``cluster``,
-``node drain``, ``dlq ls|replay`` (over the api, ``--api-url`` / ``ORDERFLOW_API_URL``) and
-``inspect`` (straight to NATS). Their parser is ``nodeapp.cli.client_parser``.
+``node drain``, ``dlq ls|replay``, ``catalog ls`` (over the api, ``--api-url`` /
+``ORDERFLOW_API_URL``), ``inspect`` and ``catalog load`` (straight to NATS). Their parser is
+``nodeapp.cli.client_parser``.
 
 Tables for people, ``--json`` for scripts. Exit codes: 0 done, 1 no such order, node or dead
 letter, 2 bad arguments or a request the api refused (a replay of a finished order, say),
@@ -22,6 +23,7 @@ from urllib.parse import quote, urlsplit
 
 import msgspec
 
+from nodeapp.cli import catalog
 from nodeapp.cli.apiclient import ApiClient, ApiProblem, ApiUnreachable
 from nodeapp.cli.inspection import inspect_at
 from nodeapp.cli.render import (
@@ -36,7 +38,7 @@ from nodeapp.cluster.control import DrainReply
 from nodeapp.cluster.dead_letter_admin import DeadLetterPage, Replayed
 from nodeapp.cluster.membership import Heartbeat
 from nodeapp.cluster.view import ClusterView
-from nodeapp.core.errors import BrokerUnavailable
+from nodeapp.core.errors import BrokerUnavailable, OrderflowError
 from nodeapp.core.settings import Settings
 from nodeapp.orders.model import Order, encode, utcnow
 from nodeapp.orders.timeline import Revision, describe, newest_time
@@ -52,11 +54,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     _quiet_libraries(settings)
     name = _command_name(args)
     api_url = getattr(args, "api_url", None) or settings.api_url
-    if args.command != "inspect" and not _is_http_url(api_url):
+    if name not in DIRECT and not _is_http_url(api_url):
         return _fail(name, f"api URL {api_url!r} is not an http(s) URL", EXIT_USAGE)
     try:
-        if args.command == "inspect":
-            return _inspect(args, settings)
+        if name in DIRECT:
+            return DIRECT[name](args, settings)
         with ApiClient(api_url) as api:
             return COMMANDS[name](api, args)
     except ApiUnreachable as exc:
@@ -65,6 +67,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return _fail(name, _problem_text(exc), _exit_code(exc.status))
     except BrokerUnavailable as exc:
         return _fail(name, f"broker unavailable: {exc}", EXIT_UNAVAILABLE)
+    except OrderflowError as exc:  # refused input (a bad catalog file, say)
+        return _fail(name, str(exc), EXIT_USAGE)
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly, as other Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -83,6 +87,8 @@ def _command_name(args: argparse.Namespace) -> str:
         return f"node {args.node_action}"
     if args.command == "dlq":
         return f"dlq {args.dlq_action}"
+    if args.command == "catalog":
+        return f"catalog {args.catalog_action}"
     return str(args.command)
 
 
@@ -133,6 +139,11 @@ def _submit(api: ApiClient, args: argparse.Namespace) -> int:
         body["fail_at"] = args.fail_at
     if args.poison_at is not None:
         body["poison_at"] = args.poison_at
+    if args.payment_token is not None:
+        body["payment_token"] = args.payment_token
+    contact = {k: v for k, v in (("email", args.email), ("phone", args.phone)) if v is not None}
+    if contact:
+        body["contact"] = contact
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
     response = api.send("POST", "/orders", json=body, headers=headers)
     accepted = api.decode(response, Accepted)
@@ -262,4 +273,10 @@ COMMANDS: Final[dict[str, Callable[[ApiClient, argparse.Namespace], int]]] = {
     "node drain": _drain,
     "dlq ls": _dlq_ls,
     "dlq replay": _dlq_replay,
+    "catalog ls": catalog.ls,
+}
+# Commands that talk to the broker, not the api.
+DIRECT: Final[dict[str, Callable[[argparse.Namespace, Settings], int]]] = {
+    "inspect": _inspect,
+    "catalog load": catalog.load,
 }

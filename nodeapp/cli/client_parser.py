@@ -7,13 +7,14 @@ importing the HTTP client to start a node.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Final
 
 import msgspec
 
 from nodeapp.orders.model import STEP_NAMES
 
-CLIENT_COMMANDS: Final = frozenset({"order", "cluster", "inspect", "dlq"})
+CLIENT_COMMANDS: Final = frozenset({"order", "cluster", "inspect", "dlq", "catalog"})
 EPILOG: Final = (
     "exit codes: 0 ok, 1 no such order, node or dead letter, 2 bad arguments (or refused), "
     "3 api or broker unreachable, 4 timed out"
@@ -83,6 +84,12 @@ def add_commands(
         help="crash every node that reaches this step (fault injection; ends dead-lettered)",
     )  # fmt: skip
     submit.add_argument("--idempotency-key", default=None, help="retry-safe submit key")
+    submit.add_argument(
+        "--payment-token", default=None,
+        help="card token (default tok_ok; tok_decline... is declined, tok_silent... never answers)",
+    )  # fmt: skip
+    submit.add_argument("--email", default=None, help="notify this e-mail address")
+    submit.add_argument("--phone", default=None, help="notify this phone number (+49 30 1234567)")
 
     for name, text in (("get", "show an order"), ("history", "every revision of an order")):
         actions.add_parser(name, parents=[client], help=text, epilog=EPILOG).add_argument(
@@ -105,6 +112,7 @@ def add_commands(
     inspect_cmd.add_argument("--json", action="store_true", help="print raw JSON")
 
     _add_dlq(sub, client)
+    _add_catalog(sub, client)
 
     node_actions = node.add_subparsers(dest="node_action", metavar="ACTION")
     drain = node_actions.add_parser(
@@ -134,6 +142,28 @@ def _add_dlq(
         epilog=EPILOG,
     )
     replay.add_argument("order_id")
+
+
+def _add_catalog(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], client: argparse.ArgumentParser
+) -> None:
+    catalog = sub.add_parser("catalog", help="products: load a file, list", epilog=EPILOG)
+    actions = catalog.add_subparsers(dest="catalog_action", required=True, metavar="ACTION")
+    load = actions.add_parser(
+        "load",
+        help="create or update products from a JSON file, straight to the broker",
+        description=(
+            "FILE is a JSON list of {product_id, name, price, active?, on_hand?}. Products are "
+            "created or updated; on_hand sets the stock of a product that has none yet."
+        ),
+        epilog=EPILOG,
+    )
+    load.add_argument("file", type=Path, metavar="FILE.json")
+    load.add_argument("--nats-url", dest="nats_url", default=None, help="[NATS_URL]")
+    load.add_argument("--json", action="store_true", help="print raw JSON")
+    ls = actions.add_parser("ls", parents=[client], help="list products (via the api)")
+    ls.add_argument("--limit", type=_page_size, default=50, help="products per page (1-500)")
+    ls.add_argument("--cursor", default=None, help="the next page's cursor, as printed")
 
 
 def handles(args: argparse.Namespace) -> bool:

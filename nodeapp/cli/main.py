@@ -1,6 +1,7 @@
-"""The ``orderflow`` command: ``up`` (all-in-one), ``api``, ``node``, ``init``, and the
-operator's client commands (``order``, ``cluster``, ``node drain``, ``inspect``) from
-``nodeapp.cli.client_parser`` and ``nodeapp.cli.client``.
+"""The ``orderflow`` command: ``up`` (all-in-one), ``api``, ``node``, ``payments`` (the
+simulated gateway alone), ``init``, and the operator's client commands (``order``, ``cluster``,
+``node drain``, ``dlq``, ``catalog``, ``inspect``) from ``nodeapp.cli.client_parser`` and
+``nodeapp.cli.client``.
 
 Flags mirror the environment variables (a flag wins over its variable); errors are one clear
 line on stderr and a non-zero exit code, never a traceback.
@@ -14,13 +15,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from nodeapp import __version__
 from nodeapp.cli import client_parser
 from nodeapp.core.errors import OrderflowError
 from nodeapp.core.logs import configure_logging
 from nodeapp.core.settings import Settings, load_settings
+
+GATEWAY_PORT: Final = 8001  # ``orderflow payments``' default listen port
 
 # flag -> (settings field, type, help)
 SETTING_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -73,11 +76,28 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--config", type=Path, default=None, help="nats-server config (default: the packaged one)"
     )
+    up.add_argument(
+        "--no-demo", dest="demo", action="store_false",
+        help="do not load the demo catalog into an empty catalog",
+    )  # fmt: skip
 
     sub.add_parser("api", parents=[parent], help="run the HTTP api")
+    payments = sub.add_parser(
+        "payments",
+        parents=[parent],
+        help="run the simulated payment gateway alone (point ORDERFLOW_PAYMENT_URL at it)",
+    )
+    payments.add_argument(
+        "--port",
+        type=int,
+        default=GATEWAY_PORT,
+        help=f"listen port (default {GATEWAY_PORT}; host: --api-host)",
+    )
     node = sub.add_parser("node", parents=[parent], help="run a worker node")
     node.add_argument("--node-id", default=None, help="node id (default: host-pid-random)")
-    sub.add_parser("init", parents=[parent], help="create the streams, consumer and buckets")
+    sub.add_parser(
+        "init", parents=[parent], help="create the streams, consumers and buckets (shop's too)"
+    )
     client_parser.add_commands(sub, node)
     return parser
 
@@ -138,10 +158,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings, argv: list[str]) -> 
             shutdown_tracing()
         return 0
     if args.command == "init":
-        from nodeapp.orders.handles import init_resources
+        from nodeapp.shop.provisioning import init_resources
 
         _run(init_resources(settings))
         print(f"JetStream resources ready on {settings.nats_url}")
+        return 0
+    if args.command == "payments":
+        from nodeapp.cli.payments import serve_gateway
+
+        _run(serve_gateway(settings, args.port))
         return 0
     if args.command == "api":
         # The api package depends on nodeapp, never the reverse: hand over to its entry point.
@@ -149,7 +174,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, argv: list[str]) -> 
     if args.command == "up":
         from nodeapp.local.up import run_up
 
-        return run_up(settings, args.nodes, args.port, args.data_dir, args.config)
+        return run_up(settings, args.nodes, args.port, args.data_dir, args.config, demo=args.demo)
     raise AssertionError(args.command)
 
 

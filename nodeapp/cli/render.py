@@ -11,8 +11,9 @@ from datetime import datetime
 from nodeapp.cli.inspection import BucketReport, ConsumerReport, Inspection, StreamReport
 from nodeapp.cluster.dead_letter_admin import DeadLetterPage
 from nodeapp.cluster.view import ClusterView
-from nodeapp.orders.model import DeadLetterMark, Order
+from nodeapp.orders.model import DeadLetterMark, Item, Order
 from nodeapp.orders.timeline import Revision
+from nodeapp.shop.catalog import CatalogPage, LoadReport
 
 
 def stamp(when: datetime | None) -> str:
@@ -57,8 +58,10 @@ def order_text(order: Order) -> str:
             ("order", order.order_id),
             ("status", f"{order.status} ({order.current_step})"),
             ("customer", order.customer_id),
-            ("items", ", ".join(f"{i.product_id} x{i.quantity}" for i in order.items)),
+            ("items", ", ".join(_item(i) for i in order.items)),
             ("amount", order.amount),
+            ("payment", _payment(order)),
+            ("contact", _contact(order)),
             ("started", stamp(order.start_time)),
             ("finished", stamp(order.complete_time) if order.complete_time else None),
             (
@@ -94,6 +97,25 @@ def order_text(order: Order) -> str:
     return f"{head}\n\n{steps}"
 
 
+def _item(item: Item) -> str:
+    price = "" if item.unit_price is None else f" at {item.unit_price}"
+    return f"{item.product_id} x{item.quantity}{price}"
+
+
+def _payment(order: Order) -> str | None:
+    payment = order.payment
+    if payment is None:
+        return None if order.payment_token is None else f"not started (token {order.payment_token})"
+    return f"{payment.status} {payment.amount} (payment {payment.payment_id})"
+
+
+def _contact(order: Order) -> str | None:
+    contact = order.contact
+    if contact is None:
+        return None
+    return ", ".join(c for c in (contact.email, contact.phone) if c) or None
+
+
 def _dead_letter(order: Order) -> str | None:
     mark = order.dead_letter
     if not isinstance(mark, DeadLetterMark):
@@ -113,6 +135,25 @@ def dlq_text(page: DeadLetterPage) -> str:
     if page.next_before is not None:
         return f"{rows}\n\n{shown} of {page.total} shown; older ones: --before {page.next_before}"
     return rows if shown else f"{rows}\n(no dead letters)"
+
+
+def catalog_text(page: CatalogPage) -> str:
+    rows = table(
+        ["PRODUCT", "PRICE", "ACTIVE", "NAME"],
+        ([p.product_id, p.price, "yes" if p.active else "no", p.name] for p in page.products),
+    )
+    if page.next_cursor is not None:
+        return f"{rows}\n\nmore: orderflow catalog ls --cursor {page.next_cursor}"
+    return rows if page.products else f"{rows}\n(no products: orderflow catalog load FILE.json)"
+
+
+def load_report_text(source: str, report: LoadReport) -> str:
+    products = report.created + report.updated + report.unchanged
+    return (
+        f"{source}: {products} products: {report.created} created, {report.updated} updated, "
+        f"{report.unchanged} unchanged; stock set for {report.stocked}, kept for "
+        f"{report.stock_kept} (stock that exists is changed with POST /products/ID/stock)"
+    )
 
 
 def history_text(revisions: list[Revision]) -> str:

@@ -1,6 +1,12 @@
 """``orderflow up``: the embedded all-in-one. A local nats-server, the api and K nodes, each a
 real process as in production.
 
+The api hosts the simulated payment gateway (unless ``ORDERFLOW_PAYMENT_URL`` names another)
+and the nodes reach it, and send its verdicts back, through the api's local URL. The signing
+secrets for payments and notifications are generated once when unset and kept under the data
+folder (``nodeapp.local.secret_files``); an empty catalog gets the demo one
+(``nodeapp.local.demo``).
+
 A crashed api or node is restarted (``nodeapp.local.keeper``); only Ctrl-C or SIGTERM stops
 everything, in order: the api (no new orders), the nodes (they drain), then the broker. The
 stopping is synchronous and runs after the event loop is gone, so a failure anywhere still
@@ -24,13 +30,18 @@ import msgspec
 
 from nodeapp.core.errors import OrderflowError
 from nodeapp.core.settings import Settings
+from nodeapp.local.demo import CatalogState, catalog_line, prepare_catalog, try_line
 from nodeapp.local.keeper import Keeper
 from nodeapp.local.natsserver import NatsServer, free_port, port_free
+from nodeapp.local.secret_files import kept_secret
 from nodeapp.local.supervisor import Child, Supervisor, child_env, python_module
-from nodeapp.orders.handles import init_resources
+from nodeapp.shop.payment_messages import SIM_PREFIX
 
 MONITOR_PORT: Final = 8222  # nats-server's usual monitoring port, kept when it is free
 API_START_TIMEOUT: Final = 20.0
+SECRETS_DIR: Final = "secrets"  # under the data folder: one file per secret, mode 0600
+KEPT_SECRETS: Final = ("payment_secret", "notify_secret")  # settings fields up fills in
+WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})
 # ``http: 127.0.0.1:8222``, ``http_port = 8222``, ``monitor_port 8222`` (nats.conf syntax)
 _MONITOR_SETTING: Final = re.compile(
     r"""^\s*(?:http|http_port|monitor_port)(?:\s*[:=]\s*|\s+)["']?([^"'\s#]+)""", re.MULTILINE
@@ -80,10 +91,38 @@ def config_file(config: Path | None) -> Iterator[Path]:
         yield packaged
 
 
+def local_settings(settings: Settings, data_dir: Path) -> Settings:
+    """``settings`` for the children: the api's local URL (nodes reach the gateway and send
+    callbacks there) and every signing secret, kept under ``data_dir`` when the environment
+    sets none."""
+    host = "127.0.0.1" if settings.api_host in WILDCARD_HOSTS else settings.api_host
+    host = f"[{host}]" if ":" in host else host
+    secrets = {
+        field: getattr(settings, field) or _kept(data_dir / SECRETS_DIR, field)
+        for field in KEPT_SECRETS
+    }
+    api_url = f"http://{host}:{settings.api_port}"
+    return msgspec.structs.replace(settings, api_url=api_url, **secrets)
+
+
+def _kept(folder: Path, name: str) -> str:
+    try:
+        return kept_secret(folder, name)
+    except OSError as exc:
+        raise OrderflowError(f"cannot keep {name} under {folder}: {exc.strerror}") from None
+
+
 def run_up(
-    settings: Settings, nodes: int, port: int | None, data_dir: Path, config: Path | None
+    settings: Settings,
+    nodes: int,
+    port: int | None,
+    data_dir: Path,
+    config: Path | None,
+    *,
+    demo: bool = True,
 ) -> int:
-    """Run until Ctrl-C or SIGTERM (exit 0); a start-up failure raises ``OrderflowError``."""
+    """Run until Ctrl-C or SIGTERM (exit 0); a start-up failure raises ``OrderflowError``.
+    ``demo`` loads the demo catalog into an empty catalog."""
     if nodes < 0:
         raise OrderflowError("--nodes must be >= 0")
     host, nats_port = broker_address(settings, port)
@@ -92,14 +131,15 @@ def run_up(
     if not port_free(settings.api_host, settings.api_port):
         where = f"{settings.api_host}:{settings.api_port}"
         raise OrderflowError(f"{where} is in use: stop that process or pass --api-port")
+    data_dir = data_dir.absolute()
+    settings = local_settings(settings, data_dir)
     with config_file(config) as conf:
         monitor = monitor_address(conf, host)
-        data_dir = data_dir.absolute()
         server = NatsServer(data_dir, nats_port, host, conf, monitor_port=monitor.port)
         supervisor = Supervisor()  # children write to our terminal, as one program would
         try:
             server.start()
-            _run(_up(settings, server, supervisor, nodes, monitor))
+            _run(_up(settings, server, supervisor, nodes, monitor, demo))
         except asyncio.CancelledError:  # Ctrl-C or SIGTERM: the stop that was asked for
             print("orderflow: stopping (api, then nodes, then the broker)", file=sys.stderr)
         finally:
@@ -130,7 +170,12 @@ def _signals_ignored() -> Iterator[None]:
 
 
 async def _up(
-    settings: Settings, server: NatsServer, supervisor: Supervisor, nodes: int, monitor: Monitor
+    settings: Settings,
+    server: NatsServer,
+    supervisor: Supervisor,
+    nodes: int,
+    monitor: Monitor,
+    demo: bool,
 ) -> None:
     """Start the api and nodes, then keep them running; Ctrl-C or SIGTERM cancels this."""
     main = asyncio.current_task()
@@ -139,14 +184,14 @@ async def _up(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, main.cancel)
     settings = msgspec.structs.replace(settings, nats_url=server.url)
-    await init_resources(settings)
+    catalog = await prepare_catalog(settings, demo)  # every resource is created here too
     env = child_env(settings)
     api = supervisor.spawn("api", python_module("api"), env=env)
     for n in range(1, nodes + 1):
         supervisor.spawn(f"node-{n}", python_module("nodeapp", "node"), role="node", env=env)
     if not await _wait_http(settings.api_host, settings.api_port, api, API_START_TIMEOUT):
         raise OrderflowError("the api did not start; see its log above")
-    _banner(settings, server, monitor, nodes)
+    _banner(settings, server, monitor, nodes, catalog)
     await Keeper(supervisor, final_clean_exit={"node"}).run()
 
 
@@ -166,17 +211,21 @@ async def _wait_http(host: str, port: int, child: Child, within: float) -> bool:
     return False
 
 
-def _banner(s: Settings, server: NatsServer, monitor: Monitor, nodes: int) -> None:
-    api_url = f"http://{s.api_host}:{s.api_port}"
+def _banner(
+    s: Settings, server: NatsServer, monitor: Monitor, nodes: int, catalog: CatalogState
+) -> None:
     moved = "" if monitor.port == monitor.wanted else f"; {monitor.wanted} was in use"
+    kept = server.data_dir / SECRETS_DIR
     print(
         f"orderflow is up\n"
-        f"  api      {api_url}  (OpenAPI: {api_url}/schema)\n"
+        f"  api      {s.api_url}  (OpenAPI: {s.api_url}/schema)\n"
         f"  broker   {server.url}  (data in {server.data_dir})\n"
         f"  monitor  {monitor.url}  (/healthz /varz /jsz{moved})\n"
         f"  nodes    {nodes} x {s.concurrency} orders in flight, steps of {s.step_seconds:g}s\n"
-        f"try: curl -s -XPOST {api_url}/orders -H 'content-type: application/json' "
-        f"""-d '{{"customer_id":"c-1","items":[{{"product_id":"p-1","quantity":1}}]}}'\n"""
+        f"  catalog  {catalog_line(catalog)}\n"
+        f"  payments {s.payment_url or s.api_url + SIM_PREFIX}  "
+        f"(signing secrets in {kept} unless set)\n"
+        f"{try_line(s.api_url, catalog)}\n"
         f"A crashed api or node is restarted; Ctrl-C stops everything.",
         flush=True,
     )

@@ -2,7 +2,8 @@
 
 Connect, take a JetStream context, make sure the streams, consumer and buckets exist, then build
 the store and the intake on them: the api, the node, ``orderflow init``, the tests and the
-benchmarks all open their broker handles through ``open_handles`` or ``broker_handles``.
+benchmarks all open their broker handles through ``open_handles`` or ``broker_handles``. The
+shop's resources come after (``nodeapp.shop.provisioning`` creates both).
 """
 
 from __future__ import annotations
@@ -52,9 +53,3 @@ async def broker_handles(
     """
     async with connection(settings, name, within, **options) as nc:
         yield await open_handles(nc, settings)
-
-
-async def init_resources(settings: Settings) -> None:
-    """``orderflow init`` (and ``up`` before it starts anything): create the resources once."""
-    async with broker_handles(settings, "orderflow-init", within=10.0):
-        pass

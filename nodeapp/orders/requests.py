@@ -6,6 +6,9 @@ quantity) and its one-line errors become ``FieldError`` with a dotted path such 
 ``items[0].quantity``; the rules msgspec constraints cannot express follow. Every check raises
 ``InvalidOrder`` carrying the HTTP status it deserves, so ``api.problems`` stays the one place
 that shapes the answer.
+
+What needs the catalog (every product active, ``amount`` equal to the priced total) is checked
+by ``nodeapp.shop.checkout`` after these, before anything is stored.
 """
 
 from __future__ import annotations
@@ -24,6 +27,17 @@ MAX_AMOUNT: Final = Decimal(1_000_000_000)
 NAME_PATTERN: Final = r"^[A-Za-z0-9._:\-]+$"
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+DEFAULT_PAYMENT_TOKEN: Final = "tok_ok"
+# Lengths are bounded by the decoder; the shapes are rules below, with messages a person reads.
+Email = Annotated[str, msgspec.Meta(min_length=3, max_length=254)]
+Phone = Annotated[str, msgspec.Meta(min_length=4, max_length=32)]
+# The WHATWG form of an e-mail address (what browsers accept), ASCII only.
+_EMAIL: Final = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+)
+# An optional +, then 4-20 digits, single spaces allowed between them: "+49 30 1234567".
+_PHONE: Final = re.compile(r"\+?[0-9](?: ?[0-9]){3,19}")
 
 
 class ItemRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -31,9 +45,18 @@ class ItemRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     quantity: Quantity
 
 
+class ContactRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where the customer's notifications go: an e-mail address, a phone number, or both."""
+
+    email: Email | None = None
+    phone: Phone | None = None
+
+
 class OrderRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """An order as submitted. ``amount`` (a JSON number or string) has at most 2 fractional
-    digits and lies in 0..1000000000; ``fail_at`` and ``poison_at`` name a step and are accepted
+    digits and lies in 0..1000000000; when given it must equal the catalog's total.
+    ``payment_token`` names the card (``tok_decline*`` and ``tok_silent*`` exercise the
+    simulated gateway's failures); ``fail_at`` and ``poison_at`` name a step and are accepted
     only while fault injection is on."""
 
     customer_id: Name
@@ -41,6 +64,8 @@ class OrderRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     amount: Decimal | None = None
     fail_at: str | None = None
     poison_at: str | None = None
+    payment_token: Name = DEFAULT_PAYMENT_TOKEN
+    contact: ContactRequest | None = None
 
 
 _decoder: Final = msgspec.json.Decoder(OrderRequest)
@@ -83,10 +108,13 @@ def field_error(message: str) -> FieldError:
 
 
 def _rule_errors(request: OrderRequest, fault_injection: bool) -> list[FieldError]:
-    """Rules msgspec constraints cannot express: decimal precision, and the fault injections."""
+    """Rules msgspec constraints cannot express: decimal precision, the contact's shapes, and
+    the fault injections."""
     errors = []
     if (problem := amount_problem(request.amount)) is not None:
         errors.append(FieldError("amount", problem))
+    if request.contact is not None:
+        errors += contact_errors(request.contact)
     for name, step in (("fail_at", request.fail_at), ("poison_at", request.poison_at)):
         if step is None:
             continue
@@ -94,6 +122,17 @@ def _rule_errors(request: OrderRequest, fault_injection: bool) -> list[FieldErro
             errors.append(FieldError(name, "fault injection is disabled"))
         elif step not in STEP_NAMES:
             errors.append(FieldError(name, f"must be one of {', '.join(STEP_NAMES)}"))
+    return errors
+
+
+def contact_errors(contact: ContactRequest) -> list[FieldError]:
+    """The contact's fields that are not an e-mail address or a phone number."""
+    errors = []
+    if contact.email is not None and not _EMAIL.fullmatch(contact.email):
+        errors.append(FieldError("contact.email", "must be an e-mail address (name@example.com)"))
+    if contact.phone is not None and not _PHONE.fullmatch(contact.phone):
+        why = "must be a phone number: an optional +, then 4-20 digits (single spaces allowed)"
+        errors.append(FieldError("contact.phone", why))
     return errors
 
 

@@ -1,7 +1,9 @@
 """Api fixtures and helpers: an app from ``create_app`` on the test's own nats-server, reached
-in-process through ``httpx.ASGITransport`` with its lifespan entered in the test's event loop.
+in-process through ``httpx.ASGITransport`` with its lifespan entered in the test's event loop
+(``api``), or served by uvicorn on a free port (``served_api``) when nodes must reach it: they
+pay at its simulated gateway and its callback route records the verdicts.
 
-``conftest.py`` registers this module as a plugin, so tests ask for the ``api`` fixture by name.
+``conftest.py`` registers this module as a plugin, so tests ask for the fixtures by name.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mutab
 from typing import Any, cast
 
 import httpx
+import msgspec
 import pytest
 from litestar import Litestar
 
@@ -19,11 +22,14 @@ from api import create_app
 from nodeapp.broker.kv import live_keys
 from nodeapp.broker.resources import ORDERS_STREAM
 from nodeapp.core.settings import Settings
+from nodeapp.local.natsserver import free_port
 from nodeapp.orders.handles import Handles
+from tests.support.shop import serving
 from tests.support.waiting import wait_for
 
 PROBLEM_JSON = "application/problem+json"
 BASE_URL = "http://orderflow.test"
+PAYMENT_SECRET = "api-tests-payment-secret"
 
 
 def order_body(**changes: Any) -> dict[str, Any]:
@@ -98,6 +104,44 @@ async def api_fixture(settings: Settings, broker: Handles) -> AsyncIterator[http
     async with running_api(settings) as client:
         await wait_ready(client)
         yield client
+
+
+class ServedApi(msgspec.Struct, frozen=True):
+    """A served api, a client for it, and the settings that point nodes at it."""
+
+    http: httpx.AsyncClient
+    settings: Settings
+
+
+def served_settings(settings: Settings, port: int, **changes: Any) -> Settings:
+    """``settings`` for an api on ``port`` that hosts the gateway, verdicts after 0.05 s."""
+    url = f"http://127.0.0.1:{port}"
+    return msgspec.structs.replace(
+        settings,
+        **{"payment_delay": 0.05, "payment_secret": PAYMENT_SECRET, **changes},
+        api_url=url,
+        api_port=port,
+    )
+
+
+@contextlib.asynccontextmanager
+async def serve_api(settings: Settings, **changes: Any) -> AsyncIterator[ServedApi]:
+    """The app for ``served_settings(settings, <a free port>, **changes)``, served and ready."""
+    port = free_port()
+    served = served_settings(settings, port, **changes)
+    async with (
+        serving(create_app(served), port),
+        httpx.AsyncClient(base_url=served.api_url, timeout=10.0) as http,
+    ):
+        await wait_ready(http)
+        yield ServedApi(http, served)
+
+
+@pytest.fixture
+async def served_api(settings: Settings, broker: Handles) -> AsyncIterator[ServedApi]:
+    """A ready api served on a free port; run nodes with ``served_api.settings``."""
+    async with serve_api(settings) as served:
+        yield served
 
 
 async def order_keys(broker: Handles) -> list[str]:

@@ -1,0 +1,44 @@
+"""``GET /orders/{order_id}/notifications``: what the customer was told about an order, and
+whether it reached them (``nodeapp.shop.notifications``; the notifier of every node writes the
+delivery states)."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Response, get
+from litestar.params import FromPath
+
+from api.broker_link import broker_link
+from api.paths import ORDER_NOTIFICATIONS
+from api.responses import AnyRequest, json_response
+from api.routes.openapi import lookup_responses
+from nodeapp.core.errors import OrderNotFound
+from nodeapp.orders.model import is_order_id
+from nodeapp.shop.notifications import DeliveryState, notifications_for
+
+
+class OrderNotifications(msgspec.Struct, frozen=True):
+    """The order's notifications in kind order, each with its delivery state."""
+
+    order_id: str
+    notifications: list[DeliveryState]
+
+
+@get(
+    ORDER_NOTIFICATIONS,
+    summary="An order's notifications",
+    description=(
+        "Each notification of the order (`order.completed`, `order.failed`, "
+        "`order.cancelled`, `order.delayed`) with its delivery state: `pending`, `delivered`, "
+        "`failed` (being retried), `dead` (given up), `skipped` (no webhook configured). One "
+        "not yet taken by a notifier is not listed."
+    ),
+    responses=lookup_responses(OrderNotifications, "The notifications", "No such order"),
+)
+async def get_order_notifications(request: AnyRequest, order_id: FromPath[str]) -> Response[bytes]:
+    if not is_order_id(order_id):
+        raise OrderNotFound(order_id)  # not an order id: cannot be an order either
+    link = broker_link(request)
+    await link.store().get(order_id)  # OrderNotFound: 404
+    states = await notifications_for(link.shop().notifications, order_id)
+    return json_response(OrderNotifications(order_id, states))
