@@ -61,6 +61,18 @@ async def test_each_operation_applied_twice_changes_the_stock_once(catalog: Cata
     await stock.reserve("a", "o4", 1, 5)
     for _ in range(2):  # a reservation never sold, given back
         assert counts(await stock.restock("a", "o4", 1)) == (7, 0, 7)
+    for _ in range(2):  # an order that never held "a" gives it back all the same
+        assert counts(await stock.release("a", "o5", 1)) == (7, 0, 7)
+    # Given back, each stays a tombstone until the order is terminal and forgets it.
+    assert (await stock.level("a")).holds == {
+        "o2": Hold(2, "released", 1),
+        "o3": Hold(4, "released", 1),
+        "o4": Hold(5, "released", 1),
+        "o5": Hold(0, "released", 1),
+    }
+    for order_id in ("o2", "o3", "o4", "o5"):
+        for _ in range(2):
+            assert counts(await stock.forget("a", order_id, 1)) == (7, 0, 7)
     assert (await stock.level("a")).holds == {}
 
 
@@ -95,6 +107,15 @@ async def test_holds_in_the_wrong_state_are_refused(catalog: Catalog) -> None:
         await stock.release("a", "o1", 1)
     assert counts(await stock.view("a")) == (8, 0, 8)
 
+    await stock.reserve("a", "o2", 1, 2)
+    await stock.release("a", "o2", 1)
+    with pytest.raises(HoldConflict, match="not reserved again"):
+        await stock.reserve("a", "o2", 1, 2)
+    with pytest.raises(HoldConflict, match="nothing to commit"):
+        await stock.commit("a", "o2", 1)
+    assert counts(await stock.view("a")) == (8, 0, 8)
+    assert (await stock.level("a")).holds["o2"] == Hold(2, "released", 1)
+
 
 async def test_an_order_reserves_in_id_order_and_compensates(catalog: Catalog) -> None:
     stock = catalog.stock
@@ -110,7 +131,8 @@ async def test_an_order_reserves_in_id_order_and_compensates(catalog: Catalog) -
     for _ in range(2):
         await stock.release_items("o1", 1, items)
     assert counts(await stock.view("a")) == (10, 0, 10)
-    assert "o1" not in (await stock.level("b:1")).holds
+    assert (await stock.level("a")).holds["o1"] == Hold(3, "released", 1)
+    assert (await stock.level("b:1")).holds["o1"] == Hold(0, "released", 1)  # never held
 
     fits = [Item("b:1", 1), Item("a", 3)]
     for _ in range(2):
@@ -121,9 +143,11 @@ async def test_an_order_reserves_in_id_order_and_compensates(catalog: Catalog) -
     assert counts(await stock.view("b:1")) == (10, 9, 1)
     await stock.reserve_items("o3", 1, fits)
     await stock.commit_items("o3", 1, fits)
-    await stock.forget_items("o3", 1, fits)
+    for order_id in ("o1", "o2", "o3"):  # terminal, failed or completed: forgotten
+        await stock.forget_items(order_id, 1, fits)
     assert counts(await stock.view("a")) == (7, 0, 7)
     assert set((await stock.level("a")).holds) == set()
+    assert set((await stock.level("b:1")).holds) == {"other"}
 
 
 async def test_no_oversell_across_connections(settings: Settings, catalog: Catalog) -> None:
@@ -156,7 +180,7 @@ async def test_no_oversell_across_connections(settings: Settings, catalog: Catal
             *(stocks[i % 3].release_items(o, 1, line) for i, o in enumerate(given_back)),
         )
         assert counts(await catalog.stock_view("hot")) == (6, 0, 6)
-        await asyncio.gather(*(stocks[1].forget_items(o, 1, line) for o in sold))
+        await asyncio.gather(*(stocks[1].forget_items(o, 1, line) for o in won))
         assert (await catalog.stock.level("hot")).holds == {}
 
 
@@ -194,3 +218,45 @@ async def test_cancelled_callers_leave_consistent_stock(catalog: Catalog) -> Non
     for order_id in orders:
         await stock.release("a", order_id, 1)
     assert counts(await stock.view("a")) == (10, 0, 10)
+
+
+async def test_a_stale_owner_cannot_reserve_after_the_new_owner_gave_the_stock_back(
+    catalog: Catalog,
+) -> None:
+    """The order taken over (epoch 2) fails and gives its stock back while its old owner
+    (epoch 1) is still on its way to reserve: the tombstones fence it, on products the new owner
+    held and on those it never reached, so nothing stays reserved once the order is terminal."""
+    stock = catalog.stock
+    await stock.reserve("b:1", "other", 1, 10)  # "b:1" is sold out: the new owner fails there
+    items = [Item("a", 2), Item("b:1", 1)]
+    with pytest.raises(OutOfStock):
+        await stock.reserve_items("o1", 2, items)
+    await stock.release_items("o1", 2, items)
+    await stock.release("a", "o2", 2)  # another order failed before reserving anything
+
+    with pytest.raises(Fenced) as caught:
+        await stock.reserve_items("o1", 1, items)
+    assert (caught.value.epoch, caught.value.current) == (1, 2)
+    with pytest.raises(Fenced):
+        await stock.reserve("b:1", "o1", 1, 1)
+    with pytest.raises(Fenced):
+        await stock.reserve("a", "o2", 1, 1)
+    assert counts(await stock.view("a")) == (10, 0, 10)
+    assert counts(await stock.view("b:1")) == (10, 10, 0)
+
+    await stock.forget_items("o1", 2, items)  # the order is stored failed
+    await stock.forget("a", "o2", 2)
+    assert set((await stock.level("a")).holds) == set()
+    assert set((await stock.level("b:1")).holds) == {"other"}
+
+
+async def test_forgetting_a_reserved_hold_is_refused_but_the_rest_are_forgotten(
+    catalog: Catalog,
+) -> None:
+    stock = catalog.stock
+    await stock.reserve("a", "o1", 1, 1)
+    await stock.release("b:1", "o1", 1)
+    with pytest.raises(HoldConflict, match="still reserved"):
+        await stock.forget_items("o1", 1, [Item("a", 1), Item("b:1", 1)])
+    assert (await stock.level("a")).holds == {"o1": Hold(1, "reserved", 1)}
+    assert (await stock.level("b:1")).holds == {}

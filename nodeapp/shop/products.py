@@ -20,7 +20,7 @@ from nodeapp.shop.keys import MAX_PRODUCT_ID, is_product_id
 CENT: Final = Decimal("0.01")
 MAX_NAME: Final = 200
 
-HoldState = Literal["reserved", "sold"]
+HoldState = Literal["reserved", "sold", "released"]  # released: a tombstone (nodeapp.shop.holds)
 T = TypeVar("T")
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 
 from nats.js.kv import KeyValue
 
+from nodeapp.core.errors import HoldConflict
 from nodeapp.shop import holds
 from nodeapp.shop.keys import product_key
 from nodeapp.shop.products import Line, StockLevel, StockView
@@ -95,7 +96,8 @@ class Stock:
             await self.reserve(product_id, order_id, epoch, quantity)
 
     async def release_items(self, order_id: str, epoch: int, items: Iterable[Line]) -> None:
-        """Scheduling's compensation: release the order's reservations (absent ones are no-ops)."""
+        """Scheduling's compensation: release the order's reservations, leaving a tombstone on
+        every product of the order (``nodeapp.shop.holds``), held or not."""
         for product_id, _ in per_product(items):
             await self.release(product_id, order_id, epoch)
 
@@ -105,15 +107,23 @@ class Stock:
             await self.commit(product_id, order_id, epoch)
 
     async def restock_items(self, order_id: str, epoch: int, items: Iterable[Line]) -> None:
-        """Post-Processing's compensation: put sold stock back, release what was not sold."""
+        """Post-Processing's compensation: put sold stock back, release what was not sold;
+        tombstones stay as with ``release_items``."""
         for product_id, _ in per_product(items):
             await self.restock(product_id, order_id, epoch)
 
     async def forget_items(self, order_id: str, epoch: int, items: Iterable[Line]) -> None:
-        """After the order is stored Completed: drop its sold holds (best-effort: a hold left
-        behind changes no counter)."""
+        """After the order is stored terminal (completed or failed): drop its sold holds and
+        tombstones (best-effort: a hold left behind changes no counter). ``HoldConflict`` for
+        a hold still reserved, which nobody would ever give back."""
+        refused: HoldConflict | None = None
         for product_id, _ in per_product(items):
-            await self.forget(product_id, order_id, epoch)
+            try:
+                await self.forget(product_id, order_id, epoch)
+            except HoldConflict as exc:  # the other products' holds are still dropped
+                refused = refused or exc
+        if refused is not None:
+            raise refused
 
     async def _change(
         self, product_id: str, operation: str, change: Callable[[StockLevel], bool]

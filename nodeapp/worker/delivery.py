@@ -8,10 +8,13 @@ The pipeline says what happened to the order (a ``RunResult``); the delivery dec
 - ``deferred``: nak with a delay, until the other node's lease ends;
 - ``handed_back`` (draining), and a message that arrives while draining: nak once no pull request
   of ours is open, else the server could hand it straight back to us (ADR 0004);
-- ``lost`` (a compare-and-set lost) and ``abandoned`` (broker away, fenced): no answer; the
-  message comes back after the ack wait and the order's lease says who continues;
+- ``lost`` (a compare-and-set lost, or an effect fenced by a newer owner's epoch) and
+  ``abandoned`` (broker, payment gateway away, stock too contended, the node's heartbeat
+  lapsed): no answer; the message comes back after the ack wait and the order's lease says
+  who continues;
 - ``no_document``, and a message that cannot be decoded: dead-letter, then term;
-- ``crashed`` (a bug): nak with the ack wait as delay, so a bad order does not spin.
+- ``crashed`` (a bug, or an effect in a state no step leaves it in): nak with the ack wait as
+  delay, so a bad order does not spin.
 
 And ``in_progress`` while a long step runs, so JetStream does not redeliver under our feet.
 """
@@ -42,8 +45,8 @@ class Outcome(enum.Enum):
     ALREADY_DONE = "already_done"
     DEFERRED = "deferred"  # another node holds a live lease
     HANDED_BACK = "handed_back"  # draining: lease released, message nak'ed
-    LOST = "lost"  # a compare-and-set lost: someone else owns the order
-    ABANDONED = "abandoned"  # the broker went away mid-order, or the node is fenced
+    LOST = "lost"  # a compare-and-set lost, or an effect was fenced: someone else owns the order
+    ABANDONED = "abandoned"  # broker or gateway away, stock contended, or the node is fenced
     NO_DOCUMENT = "no_document"
     PARKED = "parked"  # dead-lettered: waits for a replay, not for a stray message
     CRASHED = "crashed"  # the run raised something unexpected: a bug

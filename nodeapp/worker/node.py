@@ -19,7 +19,6 @@ from collections.abc import Coroutine
 from typing import Any, Final
 
 import msgspec
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from nodeapp import __version__
@@ -29,13 +28,14 @@ from nodeapp.cluster.membership import Heartbeat, Membership, NodeStats
 from nodeapp.cluster.reconciler import Reconciler
 from nodeapp.core.errors import BrokerUnavailable, OrderflowError
 from nodeapp.core.settings import Settings
-from nodeapp.orders.handles import Handles, open_handles
+from nodeapp.orders.handles import Handles
 from nodeapp.orders.model import decode_work, utcnow
 from nodeapp.worker.delivery import WorkAnswers
+from nodeapp.worker.effects import ShopEffects
 from nodeapp.worker.observer import Observer
 from nodeapp.worker.pipeline import OrderRun, RunContext
 from nodeapp.worker.pulls import WorkPulls
-from nodeapp.worker.steps import SimulatedSteps
+from nodeapp.worker.steps import Steps
 
 log = logging.getLogger("orderflow.node")
 
@@ -54,12 +54,16 @@ def make_node_id() -> str:
 
 
 class Node:
-    """Pulls work, runs orders, heart-beats; ``run()`` returns after a drain."""
+    """Pulls work, runs orders, heart-beats; ``run()`` returns after a drain.
+
+    ``effects`` are the shop's services of the process (``nodeapp.worker.services``): open
+    before the node runs, closed after ``run()`` returns."""
 
     def __init__(
         self,
         settings: Settings,
         handles: Handles,
+        effects: ShopEffects,
         node_id: str | None = None,
         observer: Observer | None = None,
     ) -> None:
@@ -84,7 +88,8 @@ class Node:
             node_id=self.node_id,
             lease=settings.lease_seconds,
             store=handles.store,
-            steps=SimulatedSteps(settings),
+            steps=Steps(settings, effects),
+            effects=effects,
             stats=self.stats,
             observer=observer or Observer(),
             draining=self.draining,
@@ -234,7 +239,8 @@ class Node:
         """Give runs time to finish their current step and hand back; cancel what is left."""
         if not self._tasks:
             return
-        grace = self.settings.step_seconds + self.settings.ack_wait
+        settings = self.settings
+        grace = settings.step_seconds + settings.payment_timeout + settings.ack_wait
         _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
         for task in pending:
             task.cancel()
@@ -262,10 +268,3 @@ class Node:
             counters=self.stats,
             updated_at=utcnow(),
         )
-
-
-async def start_node(
-    settings: Settings, nc: NATS, node_id: str | None = None, observer: Observer | None = None
-) -> Node:
-    """A node on an open connection, its streams and buckets made sure of first."""
-    return Node(settings, await open_handles(nc, settings), node_id, observer)

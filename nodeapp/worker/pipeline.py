@@ -18,16 +18,26 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from nodeapp.cluster.membership import NodeStats
-from nodeapp.core.errors import BrokerUnavailable, OrderNotFound, RevisionConflict
+from nodeapp.core.errors import (
+    BrokerUnavailable,
+    Fenced,
+    GatewayUnavailable,
+    HoldConflict,
+    OrderNotFound,
+    PaymentConflict,
+    RevisionConflict,
+    StockContention,
+)
 from nodeapp.core.tracing import extract_context, tracer
 from nodeapp.orders import lifecycle
 from nodeapp.orders.model import Order, StepRecord, utcnow
 from nodeapp.orders.store import OrderStore
 from nodeapp.worker.delivery import Delivery, Outcome, RunResult
+from nodeapp.worker.effects import ShopEffects
 from nodeapp.worker.keepalive import while_beating
 from nodeapp.worker.observer import Observer
 from nodeapp.worker.orderlog import log_order
-from nodeapp.worker.steps import SimulatedSteps, StepCall, StepFailed
+from nodeapp.worker.steps import StepCall, StepFailed, Steps
 
 log = logging.getLogger("orderflow.pipeline")
 
@@ -36,20 +46,27 @@ class HandBack(Exception):
     """Raised between steps when the node drains."""
 
 
-class Fenced(Exception):
+class HeartbeatLapsed(Exception):
     """Raised between steps when the node could not heart-beat for longer than its lease:
-    others will take its orders over, so it must not advance them."""
+    others will take its orders over, so it must not advance them. (Not ``core.errors.Fenced``,
+    which an effect raises when a newer owner has already acted.)"""
+
+
+# Trouble that passes: the message comes back after the ack wait, the lease says who goes on.
+TRANSIENT = (BrokerUnavailable, GatewayUnavailable, StockContention)
 
 
 @dataclasses.dataclass(frozen=True)
 class RunContext:
     """What every order run on one node shares: who claims (node id, lease length), where
-    orders are stored, the steps, counters and metrics hooks, and whether the node may go on."""
+    orders are stored, the steps and their effects, counters and metrics hooks, and whether the
+    node may go on."""
 
     node_id: str
     lease: float
     store: OrderStore
-    steps: SimulatedSteps
+    steps: Steps
+    effects: ShopEffects
     stats: NodeStats
     observer: Observer
     draining: asyncio.Event
@@ -97,6 +114,8 @@ class OrderRun:
             self._log(logging.WARNING, f"broker unavailable: {exc}", "order.abandoned")
             return RunResult(Outcome.ABANDONED)
         if order.terminal:
+            # Its owner may have died between the terminal write and the notification.
+            await self.ctx.effects.settle(order)
             return RunResult(Outcome.ALREADY_DONE)
         if order.dead_letter is not None:
             # A message published before the order was dead-lettered (a re-drive, say): running
@@ -130,21 +149,36 @@ class OrderRun:
             self.ctx.stats.cas_conflicts += 1
             self._log(logging.WARNING, "lost the order to another writer", "order.lost")
             return Outcome.LOST
-        except BrokerUnavailable as exc:
-            self._log(logging.WARNING, f"broker unavailable: {exc}", "order.abandoned")
+        except Fenced as exc:  # an effect (stock, gateway) saw a newer owner's epoch
+            self._log(logging.WARNING, f"lost the order: {exc}", "order.lost")
+            return Outcome.LOST
+        except TRANSIENT as exc:
+            self._log(logging.WARNING, f"{exc}; retrying later", "order.abandoned")
             return Outcome.ABANDONED
+        except (PaymentConflict, HoldConflict) as exc:
+            return self._conflict(exc)
         except HandBack:
             return await self._hand_back(order)
-        except Fenced:
+        except HeartbeatLapsed:
             self._log(logging.WARNING, "fenced: not advancing the order", "order.fenced")
             return Outcome.ABANDONED
+
+    def _conflict(self, exc: PaymentConflict | HoldConflict) -> Outcome:
+        """An effect in a state no step leaves it in: a bug or a hand edit, never a race."""
+        self.ctx.stats.errors += 1
+        log.error(
+            "effect refused, the order cannot go on: %s", exc, exc_info=exc,
+            extra={"event": "order.effect_conflict", "order_id": self.order_id,
+                   "node_id": self.ctx.node_id},
+        )  # fmt: skip
+        return Outcome.CRASHED
 
     async def _advance(self, order: Order) -> Outcome:
         while (step := lifecycle.next_step(order)) is not None:
             if self.ctx.draining.is_set():
                 raise HandBack
             if self.ctx.fenced():
-                raise Fenced
+                raise HeartbeatLapsed
             now = utcnow()
             lifecycle.start_step(order, step, self.ctx.node_id, now)
             lifecycle.renew(order, now, self.ctx.lease)
@@ -180,8 +214,8 @@ class OrderRun:
             span.set_attributes(self._span_attributes(call))
             started = time.monotonic()
             try:
-                action = self.ctx.steps.action(call, order.fail_at, order.poison_at)
-                await self._with_keepalive(order, action)
+                action = self.ctx.steps.action(order, call)
+                await self._with_keepalive(order, action, self.ctx.steps.may_wait(order, step.name))
             except StepFailed as exc:
                 span.set_attribute("orderflow.outcome", "failed")
                 span.set_status(Status(StatusCode.ERROR, exc.reason))
@@ -230,7 +264,7 @@ class OrderRun:
         call = StepCall(self.order_id, step.name, order.owner.epoch, step.attempt)
         with tracer.start_as_current_span(f"compensate {step.name}") as span:
             span.set_attributes(self._span_attributes(call))
-            await self._with_keepalive(order, self.ctx.steps.compensate(call))
+            await self._with_keepalive(order, self.ctx.steps.compensate(order, call))
             span.set_attribute("orderflow.outcome", "rolled_back")
         now = utcnow()
         lifecycle.compensated(step, now)
@@ -252,6 +286,8 @@ class OrderRun:
         failed_step = order.failure.step if order.failure else None
         latency = (now - order.start_time).total_seconds()
         self.ctx.observer.order_finished(order.status, failed_step, latency)
+        # Before the ack: a crash in between brings the message back, and its run settles again.
+        await self.ctx.effects.settle(order)
         await self.delivery.answer(RunResult(outcome))
         self._log(logging.INFO, f"order {order.status}", f"order.{order.status}")
         span = trace.get_current_span()
@@ -268,9 +304,12 @@ class OrderRun:
             return Outcome.LOST
         return Outcome.HANDED_BACK
 
-    async def _with_keepalive(self, order: Order, work: Coroutine[Any, Any, None]) -> None:
-        """Await ``work`` while telling JetStream we are alive and keeping the lease fresh."""
-        if self.ctx.short_steps:
+    async def _with_keepalive(
+        self, order: Order, work: Coroutine[Any, Any, None], may_wait: bool = False
+    ) -> None:
+        """Await ``work`` while telling JetStream we are alive and keeping the lease fresh;
+        ``may_wait``: the work can outlast its simulated seconds (a payment verdict)."""
+        if self.ctx.short_steps and not may_wait:
             await work
             return
         await while_beating(work, self.ctx.keepalive_interval, lambda: self._keepalive(order))

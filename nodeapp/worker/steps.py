@@ -1,12 +1,12 @@
-"""The four steps' actions and compensations (simulated work).
+"""The four steps: each one's real effect (``nodeapp.worker.effects``), then its simulated work.
 
-Each action sleeps for the configured duration and fails with the configured probability, or
-always when the order asks for it (``fail_at``, with fault injection on). ``poison_at`` (fault
-injection on) kills the node process outright when the order reaches that step: a real poison
-order, which crashes every node that takes it until it is dead-lettered. The failure draw is a
-hash of (order id, step): re-running a step after a crash gives the same answer, so actions are
-idempotent, keyed by (order id, step). A real action would also get the lease ``epoch`` to refuse
-a stale owner at its side-effect (fencing).
+The simulated work sleeps for the configured duration and fails with the configured
+probability, or always when the order asks for it (``fail_at``, with fault injection on).
+``poison_at`` (fault injection on) kills the node process outright when the order reaches that
+step, before its effect: a real poison order, which crashes every node that takes it until it
+is dead-lettered. The failure draw is a hash of (order id, step): re-running a step after a
+crash gives the same answer. The effects are idempotent per order and fenced by the owner's
+epoch (``StepCall.epoch``), so a step re-run changes nothing twice and a stale owner nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Final, NoReturn
 import msgspec
 
 from nodeapp.core.settings import Settings
+from nodeapp.orders.model import Order
+from nodeapp.worker.effects import ShopEffects
 
 log = logging.getLogger("orderflow.steps")
 
@@ -50,22 +52,30 @@ def failure_draw(order_id: str, step: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-class SimulatedSteps:
-    """Sleep-bound actions with a failure rate, as the original requirements describe."""
+class Steps:
+    """Each step's effect, then its sleep-bound work with a failure rate (the original
+    requirements); compensations undo the effect (the simulated work has nothing to undo)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, effects: ShopEffects) -> None:
         self.seconds = settings.step_seconds
         self.failure_rate = settings.failure_rate
         self.fault_injection = settings.fault_injection
+        self.effects = effects
 
-    async def action(
-        self, call: StepCall, fail_at: str | None, poison_at: str | None = None
-    ) -> None:
-        if self.fault_injection and poison_at == call.step:
+    def may_wait(self, order: Order, step: str) -> bool:
+        """Whether the step can take longer than its simulated work (a payment verdict)."""
+        return self.effects.may_wait(step, order)
+
+    async def action(self, order: Order, call: StepCall) -> None:
+        """Run the step; ``StepFailed`` with the reason when it fails."""
+        if self.fault_injection and order.poison_at == call.step:
             self._die(call)
+        reason = await self.effects.apply(call.step, order, call.epoch)
+        if reason is not None:
+            raise StepFailed(call.step, reason)
         if self.seconds > 0:
             await asyncio.sleep(self.seconds)
-        if self.fault_injection and fail_at == call.step:
+        if self.fault_injection and order.fail_at == call.step:
             raise StepFailed(call.step, "injected failure (fail_at)")
         if self.failure_rate > 0 and failure_draw(call.order_id, call.step) < self.failure_rate:
             raise StepFailed(call.step, "simulated failure")
@@ -82,6 +92,6 @@ class SimulatedSteps:
             handler.flush()
         os._exit(POISON_EXIT_CODE)
 
-    async def compensate(self, call: StepCall) -> None:
-        """Undo the step's effect; simulated as instantaneous and always successful."""
-        await asyncio.sleep(0)
+    async def compensate(self, order: Order, call: StepCall) -> None:
+        """Undo the step's effect; Processing's "cancel fulfilment" has nothing to undo."""
+        await self.effects.undo(call.step, order, call.epoch)

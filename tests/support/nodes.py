@@ -1,4 +1,5 @@
-"""An in-process node for tests that need no separate process (the broker is still real)."""
+"""An in-process node for tests that need no separate process (the broker is still real),
+wired as ``orderflow node`` wires one: the shop's services around the node."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ from collections.abc import AsyncIterator
 from nodeapp.core.settings import Settings
 from nodeapp.orders.handles import broker_handles
 from nodeapp.worker.node import Node
+from nodeapp.worker.services import shop_services
 
 
 @contextlib.asynccontextmanager
 async def running_node(settings: Settings, node_id: str = "test-node") -> AsyncIterator[Node]:
     """Run a node for the body of the ``async with``; drain it on the way out."""
-    async with broker_handles(settings, node_id) as handles:
-        node = Node(settings, handles, node_id)
+    async with (
+        broker_handles(settings, node_id) as handles,
+        shop_services(settings, handles) as effects,
+    ):
+        node = Node(settings, handles, effects, node_id)
         task = asyncio.create_task(node.run())
         try:
             yield node
