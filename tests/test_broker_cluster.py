@@ -12,6 +12,7 @@ from nodeapp.local.natscluster import NatsCluster
 from nodeapp.orders.handles import Handles, broker_handles
 from nodeapp.orders.model import Order
 from tests.support.api_fixtures import order_keys
+from tests.support.catalog import load_test_catalog
 from tests.support.invariants import assert_history_sane
 from tests.support.node_logs import events_named, logged
 from tests.support.outages import Submitter, Terminals, running, wait_stream_empty
@@ -58,6 +59,7 @@ async def test_stream_leader_killed_under_load(nats_cluster: NatsCluster, tmp_pa
     nodes = NodeProcesses(tmp_path / "nodes", settings)
     try:
         async with broker_handles(settings, "tests") as broker:
+            await load_test_catalog(broker, settings)
             started = [nodes.start("node-a"), nodes.start("node-b")]
             await wait_registered(broker, *started)
             victim = await pick_victim(nats_cluster, broker)

@@ -38,7 +38,11 @@ def settings(settings: Settings) -> Settings:
     """The lease (1.5 s) ends before the ack wait (2 s): each redelivery is taken over at once
     and crashes its node, rather than deferred to a dead node's lease."""
     return msgspec.structs.replace(
-        settings, ack_wait=2.0, lease_seconds=1.5, max_deliver=MAX_DELIVER
+        settings,
+        ack_wait=2.0,
+        lease_seconds=1.5,
+        max_deliver=MAX_DELIVER,
+        payment_secret="poison-test-payment-secret",  # the api's gateway signs its callbacks
     )
 
 
@@ -95,6 +99,8 @@ async def test_poison_orders_are_dead_lettered_then_replayed(
     settings: Settings, broker: Handles, node_processes: NodeProcesses, api: ApiProcess
 ) -> None:
     cli = Cli({**os.environ, **settings_env(settings), "ORDERFLOW_API_URL": api.url})
+    # The nodes pay at the gateway this api hosts.
+    node_processes.settings = msgspec.structs.replace(settings, api_url=api.url)
     async with (
         httpx.AsyncClient(base_url=api.url) as http,
         Supervisor(node_processes).running() as supervisor,

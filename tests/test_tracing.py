@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 
 from nodeapp.core.errors import OrderNotFound
@@ -30,9 +31,16 @@ from tests.support.waiting import wait_for
 
 @pytest.fixture
 async def traced_api(
-    settings: Settings, receiver: OtlpReceiver, tmp_path: Path
+    settings: Settings,
+    broker: Handles,
+    node_processes: NodeProcesses,
+    receiver: OtlpReceiver,
+    tmp_path: Path,
 ) -> AsyncIterator[ApiProcess]:
-    api = ApiProcess(settings, tmp_path / "api.log", **exporter_env(receiver))
+    """A traced api on the test's broker (its catalog loaded); the nodes pay at its gateway."""
+    paying = msgspec.structs.replace(settings, payment_secret="tracing-test-payment-secret")
+    api = ApiProcess(paying, tmp_path / "api.log", **exporter_env(receiver))
+    node_processes.settings = msgspec.structs.replace(paying, api_url=api.url)
     try:
         await api.wait_ready()
         yield api
