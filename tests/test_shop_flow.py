@@ -119,7 +119,11 @@ async def test_stock_and_money_are_conserved_under_failures_and_a_killed_node(
     twice and every failed order's money is given back."""
     start = {f"kit-{n}": 150 for n in range(5)}  # less than asked for: some run out too
     catalog = await stocked(broker, desk.settings, start)
-    node_processes.settings = msgspec.structs.replace(desk.settings, failure_rate=0.05)
+    # Steps long enough that the victim's orders are still mid-step when the kill lands, even
+    # on a busy machine (the probe below reads documents one by one).
+    node_processes.settings = msgspec.structs.replace(
+        desk.settings, failure_rate=0.05, step_seconds=0.3
+    )
     nodes = [node_processes.start(f"node-{n}") for n in range(3)]
     await wait_registered(broker, *nodes)
 
