@@ -15,8 +15,9 @@ from typing import Annotated, Final
 import msgspec
 
 from api.responses import JSON
-from nodeapp.core.errors import FieldError, InvalidOrder, InvalidProduct
-from nodeapp.orders.requests import IDEMPOTENCY_KEY, check_idempotency_key, field_error
+from nodeapp.core.errors import FieldError, InvalidOrder
+from nodeapp.orders.requests import IDEMPOTENCY_KEY, check_idempotency_key
+from nodeapp.shop.products import decode_strict
 
 MAX_DELTA: Final = 1_000_000_000
 
@@ -62,14 +63,7 @@ def decode_stock_change(body: bytes) -> StockChange:
     """The body as a ``StockChange``, or ``InvalidProduct``: 400 for broken JSON or a body that
     is not an object, 422 naming the field otherwise (``"5"``, ``1.5`` and ``true`` are not
     whole numbers)."""
-    try:
-        return _stock_change.decode(body)
-    except msgspec.ValidationError as exc:
-        error = field_error(str(exc))
-        raise InvalidProduct([error], status=400 if error.field == "body" else 422) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        error = FieldError("body", f"is not valid JSON: {exc}")
-        raise InvalidProduct([error], status=400) from None
+    return decode_strict(_stock_change, body)
 
 
 def require_json(content_type: tuple[str, Mapping[str, str]]) -> None:

@@ -8,28 +8,17 @@ requests and runs the lifespan shutdown (the broker link drains), and ``serve`` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
-from collections.abc import Iterator
 from typing import Final
 
 import uvicorn
 import uvloop
 
 from api.app import create_app
+from nodeapp.core.serving import SIGNALS, QuietServer
 from nodeapp.core.settings import Settings
 from nodeapp.core.tracing import configure_tracing, shutdown_tracing
 
 GRACEFUL_SECONDS: Final = 10
-_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server with signal handling left to ``serve_async``."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def build_server(settings: Settings) -> uvicorn.Server:
@@ -45,7 +34,7 @@ def build_server(settings: Settings) -> uvicorn.Server:
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
     )
-    return _Server(config)
+    return QuietServer(config)
 
 
 async def serve_async(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -61,7 +50,7 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None) -> 
         stopping.set()
 
     if own_signals:
-        for sig in _SIGNALS:
+        for sig in SIGNALS:
             loop.add_signal_handler(sig, on_signal)
 
     async def exit_when_stopping() -> None:
@@ -75,7 +64,7 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None) -> 
         watcher.cancel()
         await asyncio.wait([watcher])
         if own_signals:
-            for sig in _SIGNALS:
+            for sig in SIGNALS:
                 loop.remove_signal_handler(sig)
 
 

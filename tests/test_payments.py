@@ -9,15 +9,13 @@ router under ``/sim/payments`` and the callback route, with the api's own except
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import httpx
 import msgspec
 import pytest
-import uvicorn
 from litestar import Litestar
 from nats.js.kv import KeyValue
 
@@ -52,38 +50,12 @@ from nodeapp.shop.payment_resources import (
     fixed_bucket,
 )
 from nodeapp.shop.payments import PaymentClient, PaymentWaiter
+from tests.support.serving import serving
 from tests.support.waiting import wait_for
 
 SECRET = "test-payment-secret"
 AMOUNT = Decimal("12.50")
 VERDICT_WITHIN = 10.0  # seconds a verdict may take on a loaded machine (it takes ~0.05 s)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: the test process keeps its own."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Litestar, port: int) -> AsyncIterator[None]:
-    """Serve ``app`` on ``port`` in this event loop until the block ends."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None)
-    server = _Server(config)
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        assert not task.done(), task
-        return server.started
-
-    try:
-        await wait_for(started, within=15)
-        yield
-    finally:
-        server.should_exit = True
-        await task
 
 
 class Shop(msgspec.Struct):

@@ -9,28 +9,15 @@ broker connection drains, the exit status is 0.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
-from collections.abc import Iterator
 from typing import Final
 
 import uvicorn
 
+from nodeapp.core.serving import QuietServer, serve_until_signalled
 from nodeapp.core.settings import Settings
 from nodeapp.shop.gateway_app import create_gateway_app
 
 GRACEFUL_SECONDS: Final = 5
-_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal capture (it re-raises the signal after shutting down,
-    turning a clean stop into exit status 143)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 async def serve_gateway(settings: Settings, port: int) -> None:
@@ -45,17 +32,5 @@ async def serve_gateway(settings: Settings, port: int) -> None:
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
     )
-    server = _Server(config)
-    loop = asyncio.get_running_loop()
-
-    def stop() -> None:
-        server.force_exit = server.should_exit
-        server.should_exit = True
-
-    for sig in _SIGNALS:
-        loop.add_signal_handler(sig, stop)
-    try:
-        await server.serve()
-    finally:
-        for sig in _SIGNALS:
-            loop.remove_signal_handler(sig)
+    server = QuietServer(config)
+    await serve_until_signalled(server)

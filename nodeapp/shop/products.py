@@ -151,14 +151,14 @@ def checked(product: Product) -> Product:
 def decode_product_body(product_id: str, body: bytes) -> Product:
     """``PUT /products/{id}``: the product that ``body`` describes, checked; ``InvalidProduct``
     (400 for a body that is not a JSON object, 422 naming the field otherwise)."""
-    body_of = _decode_strict(_body_decoder, body)
+    body_of = decode_strict(_body_decoder, body)
     return checked(Product(product_id, body_of.name, body_of.price, body_of.active))
 
 
 def decode_catalog_file(data: bytes) -> list[CatalogItem]:
     """A catalog file's entries, every one checked before any is loaded; fields are named by
     position (``[3].price``) and a product id listed twice is refused."""
-    items = _decode_strict(_file_decoder, data)
+    items = decode_strict(_file_decoder, data)
     errors: list[FieldError] = []
     seen: set[str] = set()
     for i, item in enumerate(items):
@@ -173,8 +173,9 @@ def decode_catalog_file(data: bytes) -> list[CatalogItem]:
     return [msgspec.structs.replace(i, price=i.price.quantize(CENT)) for i in items]
 
 
-def _decode_strict(decoder: msgspec.json.Decoder[T], data: bytes) -> T:
-    """Decoded, or ``InvalidProduct``: 400 if the JSON is broken or of the wrong shape as a
+def decode_strict(decoder: msgspec.json.Decoder[T], data: bytes) -> T:
+    """Any product-side body (a product, a catalog file, a stock change) decoded, or
+    ``InvalidProduct``: 400 if the JSON is broken or of the wrong shape as a
     whole, 422 naming the field otherwise."""
     try:
         return decoder.decode(data)

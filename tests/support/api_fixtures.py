@@ -24,7 +24,7 @@ from nodeapp.broker.resources import ORDERS_STREAM
 from nodeapp.core.settings import Settings
 from nodeapp.local.natsserver import free_port
 from nodeapp.orders.handles import Handles
-from tests.support.shop import serving
+from tests.support.serving import serving
 from tests.support.waiting import wait_for
 
 PROBLEM_JSON = "application/problem+json"

@@ -10,16 +10,14 @@ with those settings inherits it), as they will reach the real api.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from decimal import Decimal
 from typing import Any, Final
 
 import msgspec
 import nats.js.errors
-import uvicorn
 from litestar import Litestar
 from nats.js.kv import KeyValue
 
@@ -43,37 +41,11 @@ from nodeapp.shop.payment_resources import (
 )
 from nodeapp.shop.products import CatalogItem, StockLevel
 from nodeapp.shop.resources import ensure_shop_resources
+from tests.support.serving import serving
 from tests.support.waiting import wait_for
 
 PAYMENT_SECRET: Final = "shop-flow-payment-secret"
 PRICE: Final = Decimal("2.50")
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: the test process keeps its own."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Litestar, port: int) -> AsyncIterator[None]:
-    """Serve ``app`` on ``port`` in this event loop until the block ends."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None)
-    server = _Server(config)
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        assert not task.done(), task
-        return server.started
-
-    try:
-        await wait_for(started, within=15)
-        yield
-    finally:
-        server.should_exit = True
-        await task
 
 
 @dataclasses.dataclass(frozen=True)
