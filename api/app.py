@@ -3,6 +3,11 @@
 Tests build apps with their own settings and broker; ``api.server`` builds one for uvicorn.
 With ``ORDERFLOW_PAYMENT_URL`` unset the app also hosts the simulated payment gateway under
 ``/sim/payments`` (ADR 0010); its pending verdicts stop before the broker link drains.
+
+Every route needs a bearer token (``api.auth``) except health, readiness, the schema, the
+signed payment callback and the simulated gateway; each route's guard names its scope
+(DESIGN part 2, Security). Tokens are verified against a ``TokenCache`` following the
+``tokens`` bucket, so a revocation made anywhere reaches this process within milliseconds.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 
+from api.auth import auth_middleware
 from api.broker_link import STATE_KEY, BrokerLink
 from api.metrics import METRICS_KEY, ApiMetrics
 from api.paths import SCHEMA
@@ -28,6 +34,8 @@ from nodeapp import __version__
 from nodeapp.core.settings import Settings
 from nodeapp.core.tracing import recording
 from nodeapp.orders.requests import MAX_BODY_BYTES
+from nodeapp.security.cache import TokenCache
+from nodeapp.security.ratelimit import RateLimiter
 from nodeapp.shop.callbacks import PaymentInbox
 from nodeapp.shop.gateway import Gateway
 from nodeapp.shop.gateway_app import gateway_router
@@ -43,7 +51,11 @@ def create_app(settings: Settings, *, traced: bool | None = None) -> Litestar:
     metrics = ApiMetrics(link)
     traced = recording() if traced is None else traced
     handlers: list[ControllerRouterHandler] = [*ROUTE_HANDLERS, metrics_route]
-    lifespan: list[Callable[[Litestar], AbstractAsyncContextManager[Any]]] = [link.lifespan]
+    tokens = TokenCache(link.jetstream, settings)  # follows the tokens bucket once linked
+    lifespan: list[Callable[[Litestar], AbstractAsyncContextManager[Any]]] = [
+        link.lifespan,
+        tokens.lifespan,  # after the link's: the watcher stops before the link drains
+    ]
     if not settings.payment_url:  # nodes pay here: ORDERFLOW_API_URL + /sim/payments
         gateway = Gateway(settings, link.gateway_bucket)
         handlers.append(gateway_router(gateway))
@@ -53,7 +65,11 @@ def create_app(settings: Settings, *, traced: bool | None = None) -> Litestar:
         route_handlers=handlers,
         dependencies=inbox_dependency(inbox),
         state=State({STATE_KEY: link, METRICS_KEY: metrics}),
-        middleware=[metrics.middleware, *([tracing_middleware()] if traced else [])],
+        middleware=[
+            metrics.middleware,  # outermost: refused requests (401, 403, 429) are measured too
+            *([tracing_middleware()] if traced else []),
+            auth_middleware(tokens, RateLimiter(settings.rate_limit)),
+        ],
         plugins=[tracing_plugin()] if traced else [],
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,

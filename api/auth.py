@@ -7,14 +7,15 @@ a valid token except ``EXEMPT_PATHS`` (health, readiness, the schema, the signed
 callback, the simulated gateway). Route guards from ``requires(...)`` check scopes; a guard runs
 before the handler, so a token lacking the scope gets 403 whether or not the resource exists.
 
-Failures leave as problem+json through ``AUTH_EXCEPTION_HANDLERS`` (merge it into the app's
-handlers): 401 with ``WWW-Authenticate: Bearer``, 403, 429 with ``Retry-After``. Wiring::
+Failures leave as problem+json through ``api.problems`` (its ``EXCEPTION_HANDLERS`` holds
+``AUTH_EXCEPTION_HANDLERS``): 401 with ``WWW-Authenticate: Bearer``, 403, 429 with
+``Retry-After``. Wiring (``api.app.create_app``)::
 
     tokens = TokenCache(link.jetstream, settings)
     Litestar(...,
-        middleware=[..., auth_middleware(tokens, RateLimiter(settings.rate_limit))],
+        middleware=[metrics.middleware, auth_middleware(tokens, RateLimiter(rate))],
         lifespan=[link.lifespan, tokens.lifespan],
-        exception_handlers={**EXCEPTION_HANDLERS, **AUTH_EXCEPTION_HANDLERS})
+        exception_handlers=EXCEPTION_HANDLERS)
 
     @get(ORDER, guards=[requires(ORDERS_READ)])
 """
@@ -22,22 +23,23 @@ handlers): 401 with ``WWW-Authenticate: Bearer``, 403, 429 with ``Retry-After``.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
-from litestar import Litestar, Response
+from litestar import Litestar
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.middleware.base import DefineMiddleware
-from litestar.types import ASGIApp, ExceptionHandlersMap
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.paths import HEALTHZ, READYZ, SCHEMA
-from api.problems import problem_response, problem_type
+from api.problems import AUTH_EXCEPTION_HANDLERS as AUTH_EXCEPTION_HANDLERS  # re-exported
+from api.problems import BEARER as BEARER
+from api.problems import send_problem
 from api.responses import AnyRequest
-from nodeapp.core.errors import Forbidden, RateLimited, TokenNotFound, Unauthenticated
+from nodeapp.core.errors import BrokerUnavailable, Forbidden, RateLimited, Unauthenticated
 from nodeapp.security.ratelimit import RateLimiter
 from nodeapp.security.scopes import Principal, parse_scopes
 from nodeapp.shop.payment_messages import CALLBACK_PATH, SIM_PREFIX
@@ -52,7 +54,6 @@ EXEMPT_PATHS: Final = (
     rf"^{re.escape(CALLBACK_PATH)}$",
     rf"^{re.escape(SIM_PREFIX)}(/|$)",
 )
-BEARER: Final = {"WWW-Authenticate": "Bearer"}
 
 
 class Verifier(Protocol):
@@ -85,6 +86,27 @@ class BearerAuth(AbstractAuthenticationMiddleware):
         super().__init__(app, exclude=list(exclude))
         self._verifier = verifier
         self._limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a refusal (401, 429, or 503 when a token cannot be read) right here, so the
+        middleware around this one (metrics, tracing) sees the response, not an exception.
+
+        Whatever the route raises was answered already, by the handler Litestar puts around
+        it; what gets here was raised by ``authenticate_request``.
+        """
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, tracking_send)
+        except (Unauthenticated, RateLimited, BrokerUnavailable) as exc:
+            if started:
+                raise
+            await send_problem(scope, receive, send, exc)
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
@@ -176,35 +198,9 @@ def check_customer(request: AnyRequest, customer_id: str) -> None:
         raise Forbidden(f"this token may act only for customer {bound}")
 
 
-def _unauthenticated(request: AnyRequest, exc: Unauthenticated) -> Response[bytes]:
-    detail = f"{exc}; send Authorization: Bearer <token>"
-    return problem_response(
-        request, 401, detail, type_=problem_type(401, "unauthenticated"), headers=BEARER
-    )
-
-
-def _forbidden(request: AnyRequest, exc: Forbidden) -> Response[bytes]:
-    return problem_response(request, 403, exc.reason, type_=problem_type(403, "forbidden"))
-
-
-def _rate_limited(request: AnyRequest, exc: RateLimited) -> Response[bytes]:
-    retry_after = str(max(1, math.ceil(exc.retry_after)))
-    return problem_response(
-        request,
-        429,
-        f"too many requests with this token; retry after {retry_after}s",
-        type_=problem_type(429, "rate-limited"),
-        headers={"Retry-After": retry_after},
-    )
-
-
-def _token_not_found(request: AnyRequest, exc: TokenNotFound) -> Response[bytes]:
-    return problem_response(request, 404, str(exc))
-
-
-AUTH_EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
-    Unauthenticated: _unauthenticated,
-    Forbidden: _forbidden,
-    RateLimited: _rate_limited,
-    TokenNotFound: _token_not_found,
-}
+def visible_to(request: AnyRequest, customer_id: str) -> bool:
+    """Whether the request's token may see a resource of ``customer_id``: any token not bound
+    to a customer, or one bound to that customer. Handlers answer 404 otherwise, exactly as
+    for an order that does not exist, so a customer cannot probe for others' order ids."""
+    bound = customer_of(request)
+    return bound is None or bound == customer_id

@@ -44,6 +44,7 @@ log = logging.getLogger("orderflow.api.broker")
 STATE_KEY: Final = "broker_link"
 CLIENT_NAME: Final = "orderflow-api"
 MAX_BACKOFF: Final = 5.0
+CANCEL_RETRY: Final = 0.2  # seconds between cancellations of a link task that ignored one
 
 
 class Linked(msgspec.Struct, frozen=True):
@@ -114,10 +115,14 @@ class BrokerLink:
         try:
             yield
         finally:
-            task.cancel()
             # wait() rather than ``await task``: a crash was already logged, and our own
-            # cancellation (if any) must not be swallowed.
-            await asyncio.wait([task])
+            # cancellation (if any) must not be swallowed. nats-py's connect may swallow a
+            # cancellation that lands in its retry loop (seen when the broker was never
+            # reachable): until the task ends, ask again.
+            task.cancel()
+            while not task.done():
+                await asyncio.wait([task], timeout=CANCEL_RETRY)
+                task.cancel()
 
     async def _run(self) -> None:
         delay = 0.1

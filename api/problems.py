@@ -8,14 +8,16 @@ internals). Controllers raise meaning; they never pick status codes.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Final
 
 import msgspec
-from litestar import Response
+from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.types import ExceptionHandlersMap
+from litestar.handlers.base import BaseRouteHandler
+from litestar.types import ExceptionHandlersMap, Receive, Scope, Send
 
 from api.responses import AnyRequest
 from api.schemas import Problem, ProblemFieldError
@@ -24,6 +26,7 @@ from nodeapp.core.errors import (
     DeadLetterNotFound,
     Fenced,
     FieldError,
+    Forbidden,
     GatewayUnavailable,
     HoldConflict,
     IdempotencyConflict,
@@ -38,15 +41,19 @@ from nodeapp.core.errors import (
     PaymentFenced,
     PaymentNotFound,
     ProductNotFound,
+    RateLimited,
     ResourceMissing,
     StockConflict,
     StockContention,
+    TokenNotFound,
+    Unauthenticated,
 )
 from nodeapp.core.signing import BadSignature
 
 log = logging.getLogger("orderflow.api")
 
 PROBLEM_JSON: Final = "application/problem+json"
+BEARER: Final = {"WWW-Authenticate": "Bearer"}
 PROBLEM_BASE: Final = "https://orderflow.dev/problems/"
 # Stable problem types clients can switch on; other statuses use "about:blank" (RFC 9457 §4.2).
 _TYPES: Final = {
@@ -186,6 +193,39 @@ def _bad_signature(request: AnyRequest, exc: BadSignature) -> Response[bytes]:
     )
 
 
+def _unauthenticated(request: AnyRequest, exc: Unauthenticated) -> Response[bytes]:
+    detail = f"{exc}; send Authorization: Bearer <token>"
+    return problem_response(
+        request, 401, detail, type_=problem_type(401, "unauthenticated"), headers=BEARER
+    )
+
+
+def _forbidden(request: AnyRequest, exc: Forbidden) -> Response[bytes]:
+    return problem_response(request, 403, exc.reason, type_=problem_type(403, "forbidden"))
+
+
+def _rate_limited(request: AnyRequest, exc: RateLimited) -> Response[bytes]:
+    retry_after = str(max(1, math.ceil(exc.retry_after)))
+    return problem_response(
+        request,
+        429,
+        f"too many requests with this token; retry after {retry_after}s",
+        type_=problem_type(429, "rate-limited"),
+        headers={"Retry-After": retry_after},
+    )
+
+
+AUTH_EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
+    Unauthenticated: _unauthenticated,
+    Forbidden: _forbidden,
+    RateLimited: _rate_limited,
+    TokenNotFound: _answer(404),
+}
+"""The bearer-token answers (``api.auth``): 401 with ``WWW-Authenticate: Bearer``, 403, 429
+with ``Retry-After``; part of ``EXCEPTION_HANDLERS``, and on their own for an app that is only
+testing the auth machinery."""
+
+
 def _orderflow_error(request: AnyRequest, exc: OrderflowError) -> Response[bytes]:
     log.error("unmapped orderflow error: %s", exc, exc_info=exc)
     return problem_response(request, 500, "internal error")
@@ -240,7 +280,24 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     PaymentConflict: _answer(409, "payment-conflict"),
     GatewayUnavailable: _answer(503, "gateway-unavailable", retry_after="1"),
     BadSignature: _bad_signature,
+    **AUTH_EXCEPTION_HANDLERS,
     OrderflowError: _orderflow_error,
     HTTPException: _http_exception,
     Exception: _unexpected,
 }
+
+
+async def send_problem(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
+    """Answer ``exc`` as its handler says, from inside a middleware: for an error a middleware
+    raises itself, which Litestar would otherwise answer only outside every middleware (so the
+    metrics middleware would have seen an exception, and counted a 500)."""
+    route_handler = scope.get("route_handler")
+    handlers: ExceptionHandlersMap = (
+        route_handler.resolve_exception_handlers()
+        if isinstance(route_handler, BaseRouteHandler)
+        else EXCEPTION_HANDLERS
+    )
+    handler = next((handlers[c] for c in type(exc).__mro__ if c in handlers), _unexpected)
+    request: AnyRequest = Request(scope, receive, send)
+    response = handler(request, exc)
+    await response.to_asgi_response(app=None, request=request)(scope, receive, send)

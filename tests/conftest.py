@@ -12,6 +12,7 @@ from nodeapp.local.natsserver import NatsServer
 from nodeapp.orders.handles import Handles, broker_handles
 from tests.support.catalog import load_test_catalog
 from tests.support.processes import NodeProcesses
+from tests.support.tokens import TEST_ADMIN_TOKEN
 
 # Fixtures that live beside the code they drive, registered for every test module.
 pytest_plugins = [
@@ -33,7 +34,8 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 @pytest.fixture
 def settings(nats_server: NatsServer) -> Settings:
-    """Fast settings for tests: short steps, no random failures, short ack wait and lease."""
+    """Fast settings for tests: short steps, no random failures, short ack wait and lease; the
+    api's bootstrap admin token is ``TEST_ADMIN_TOKEN`` (its clients send it by default)."""
     return load_settings(
         {},
         nats_url=nats_server.url,
@@ -43,6 +45,7 @@ def settings(nats_server: NatsServer) -> Settings:
         lease_seconds=3.0,
         fault_injection=True,
         request_timeout=1.0,
+        admin_token=TEST_ADMIN_TOKEN,
     )
 
 

@@ -22,6 +22,7 @@ from tests.support.api_fixtures import (
     work_messages,
 )
 from tests.support.catalog import load_test_catalog
+from tests.support.tokens import TEST_ADMIN_TOKEN, bearer
 from tests.support.waiting import wait_for
 
 # A behavioural bound, not a benchmark: the design promises 503 "within a couple of seconds".
@@ -40,6 +41,8 @@ async def _assert_unavailable(client: httpx.AsyncClient) -> None:
         lambda: client.post("/orders", json=order_body()),
         lambda: client.get("/orders/01ARZ3NDEKTSV4RRFFQ69G5FAV"),
         lambda: client.get("/readyz"),
+        # a token the api must read from the broker to verify: unknown is not the answer
+        lambda: client.get("/products", headers=bearer(f"of_{'a' * 16}_{'b' * 43}")),
     ]
     for send in requests:
         response, elapsed = await _timed(send)
@@ -84,7 +87,9 @@ async def test_broker_stop_gives_503_and_recovery_resumes_service(
 
 async def test_api_starts_without_a_broker_and_connects_when_it_appears(tmp_path: Path) -> None:
     port = free_port()
-    settings: Settings = load_settings({}, nats_url=f"nats://127.0.0.1:{port}", request_timeout=1.0)
+    settings: Settings = load_settings(
+        {}, nats_url=f"nats://127.0.0.1:{port}", request_timeout=1.0, admin_token=TEST_ADMIN_TOKEN
+    )
     async with running_api(settings) as client:
         await _assert_unavailable(client)
         server = await asyncio.to_thread(NatsServer(tmp_path / "late", port=port).start)
@@ -98,7 +103,8 @@ async def test_api_starts_without_a_broker_and_connects_when_it_appears(tmp_path
 
 
 async def test_api_stops_cleanly_while_still_connecting() -> None:
-    settings = load_settings({}, nats_url=f"nats://127.0.0.1:{free_port()}", request_timeout=1.0)
+    url = f"nats://127.0.0.1:{free_port()}"
+    settings = load_settings({}, nats_url=url, request_timeout=1.0, admin_token=TEST_ADMIN_TOKEN)
     async with running_api(settings) as client:
         await _assert_unavailable(client)
     # Leaving the lifespan cancelled the pending connect; warnings are errors in this suite,

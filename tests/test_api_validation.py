@@ -22,6 +22,7 @@ from tests.support.api_fixtures import (
     running_api,
     wait_ready,
 )
+from tests.support.tokens import TEST_ADMIN_TOKEN
 
 
 def _without(field: str) -> dict[str, Any]:
@@ -191,7 +192,7 @@ async def test_unexpected_error_is_500_problem_without_internals(settings: Setti
 
     app = create_app(settings)
     app.register(boom)
-    async with client_for(app) as client:
+    async with client_for(app, TEST_ADMIN_TOKEN) as client:  # unguarded: any valid token
         response = await client.get("/boom")
     problem = assert_problem(response, 500)
     assert "secret" not in response.text

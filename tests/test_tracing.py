@@ -10,7 +10,6 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import msgspec
 import pytest
 
@@ -89,7 +88,7 @@ async def wait_trace(
 
 
 async def submit(api: ApiProcess, **body: str) -> str:
-    async with httpx.AsyncClient(base_url=api.url, timeout=5.0) as client:
+    async with api.client() as client:  # as the test admin
         response = await client.post("/orders", json=order_body(**body))
     assert response.status_code == 202, response.text
     order_id: str = response.json()["order_id"]

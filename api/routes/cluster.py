@@ -12,6 +12,7 @@ from typing import Final
 from litestar import Response, get, post
 from litestar.params import FromPath
 
+from api.auth import requires
 from api.broker_link import broker_link
 from api.paths import CLUSTER, NODE, NODE_DRAIN
 from api.responses import AnyRequest, json_response
@@ -21,12 +22,14 @@ from nodeapp.cluster.control import DrainReply, is_node_id, request_drain
 from nodeapp.cluster.membership import Heartbeat
 from nodeapp.cluster.view import ClusterView, cluster_view, heartbeat
 from nodeapp.core.errors import NodeNotFound, NodeUnresponsive
+from nodeapp.security.scopes import OPS
 
 NO_NODE: Final = "No live node with that id"
 
 
 @get(
     CLUSTER,
+    guards=[requires(OPS)],
     summary="Cluster state",
     description=(
         "Live nodes (their heartbeats from the KV bucket `nodes`), the work stream `ORDERS`, its "
@@ -56,6 +59,7 @@ async def _registered(request: AnyRequest, node_id: str) -> Heartbeat:
 
 @get(
     NODE,
+    guards=[requires(OPS)],
     summary="One node",
     description="The node's latest heartbeat: state, concurrency, in-flight orders, counters.",
     responses=lookup_responses(Heartbeat, "The node's heartbeat", NO_NODE),
@@ -66,6 +70,7 @@ async def get_node(request: AnyRequest, node_id: FromPath[str]) -> Response[byte
 
 @post(
     NODE_DRAIN,
+    guards=[requires(OPS)],
     status_code=202,
     summary="Drain a node",
     description=(

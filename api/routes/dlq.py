@@ -12,6 +12,7 @@ from typing import Annotated
 from litestar import Response, get, post
 from litestar.params import FromPath, Parameter
 
+from api.auth import requires
 from api.broker_link import broker_link
 from api.paths import DEAD_LETTER_REPLAY, DEAD_LETTERS, order_location
 from api.responses import AnyRequest, json_response
@@ -23,10 +24,12 @@ from nodeapp.cluster.dead_letter_admin import (
     list_dead_letters,
     replay,
 )
+from nodeapp.security.scopes import OPS
 
 
 @get(
     DEAD_LETTERS,
+    guards=[requires(OPS)],
     summary="Dead letters",
     description=(
         "Entries of the stream `ORDERS_DLQ`, newest first: the order, why it was dead-lettered "
@@ -52,6 +55,7 @@ async def get_dead_letters(
 
 @post(
     DEAD_LETTER_REPLAY,
+    guards=[requires(OPS)],
     status_code=202,
     summary="Replay a dead-lettered order",
     description=(

@@ -11,6 +11,7 @@ import asyncio
 from litestar import Response, get
 from litestar.params import FromPath
 
+from api.auth import requires, visible_to
 from api.broker_link import broker_link
 from api.paths import ORDER_HISTORY
 from api.responses import AnyRequest, json_response
@@ -19,10 +20,12 @@ from nodeapp.broker.connection import broker_errors
 from nodeapp.core.errors import OrderNotFound
 from nodeapp.orders.model import is_order_id
 from nodeapp.orders.timeline import Revision, timeline
+from nodeapp.security.scopes import OPS, ORDERS_READ
 
 
 @get(
     ORDER_HISTORY,
+    guards=[requires(ORDERS_READ, OPS)],
     summary="An order's history",
     description=(
         "Every stored revision, oldest first: its time (when the broker stored it), status, "
@@ -39,6 +42,7 @@ async def get_order_history(request: AnyRequest, order_id: FromPath[str]) -> Res
         # The KV history is a watch with no deadline of its own.
         async with asyncio.timeout(link.settings.request_timeout):
             history = await link.store().history(order_id)
-    if not history or history[-1].order is None:
-        raise OrderNotFound(order_id)  # withdrawn or deleted: as GET /orders/{id} says
+    last = history[-1].order if history else None
+    if last is None or not visible_to(request, last.customer_id):
+        raise OrderNotFound(order_id)  # withdrawn, deleted or another customer's: as GET says
     return json_response(timeline(history))

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from litestar import Response, get
 
+from api.auth import requires
 from api.metrics import api_metrics
 from api.paths import METRICS
 from api.responses import AnyRequest
 from nodeapp.cluster.backlog import CONTENT_TYPE
+from nodeapp.security.scopes import OPS
 
 
 @get(
     METRICS,
+    guards=[requires(OPS)],
     summary="Prometheus metrics",
     description="Orders submitted by outcome, request latency by route, consumer backlog.",
     media_type=CONTENT_TYPE,

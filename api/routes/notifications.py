@@ -8,12 +8,14 @@ import msgspec
 from litestar import Response, get
 from litestar.params import FromPath
 
+from api.auth import requires, visible_to
 from api.broker_link import broker_link
 from api.paths import ORDER_NOTIFICATIONS
 from api.responses import AnyRequest, json_response
 from api.routes.openapi import lookup_responses
 from nodeapp.core.errors import OrderNotFound
 from nodeapp.orders.model import is_order_id
+from nodeapp.security.scopes import ORDERS_READ
 from nodeapp.shop.notifications import DeliveryState, notifications_for
 
 
@@ -26,6 +28,7 @@ class OrderNotifications(msgspec.Struct, frozen=True):
 
 @get(
     ORDER_NOTIFICATIONS,
+    guards=[requires(ORDERS_READ)],
     summary="An order's notifications",
     description=(
         "Each notification of the order (`order.completed`, `order.failed`, "
@@ -39,6 +42,8 @@ async def get_order_notifications(request: AnyRequest, order_id: FromPath[str]) 
     if not is_order_id(order_id):
         raise OrderNotFound(order_id)  # not an order id: cannot be an order either
     link = broker_link(request)
-    await link.store().get(order_id)  # OrderNotFound: 404
+    order = await link.store().get(order_id)  # OrderNotFound: 404
+    if not visible_to(request, order.customer_id):
+        raise OrderNotFound(order_id)
     states = await notifications_for(link.shop().notifications, order_id)
     return json_response(OrderNotifications(order_id, states))

@@ -12,6 +12,7 @@ from litestar import Response, get, post
 from litestar.datastructures import ResponseHeader
 from litestar.params import FromPath
 
+from api.auth import check_customer, requires, visible_to
 from api.broker_link import broker_link
 from api.paths import ORDER, ORDERS, order_location
 from api.responses import AnyRequest, json_response
@@ -25,12 +26,14 @@ from nodeapp.orders.requests import (
     OrderRequest,
     decode_order_request,
 )
+from nodeapp.security.scopes import ORDERS_READ, ORDERS_WRITE
 from nodeapp.shop.checkout import price_items
 
 
 @post(
     ORDERS,
     status_code=202,
+    guards=[requires(ORDERS_WRITE)],
     request_max_body_size=MAX_BODY_BYTES,
     operation_class=raw_json_body(OrderRequest, "The order; unknown fields are refused"),
     summary="Submit an order",
@@ -39,7 +42,8 @@ from nodeapp.shop.checkout import price_items
         "an `amount`, when given, must equal the total), stores the order with each item's "
         "`unit_price` and the total as `amount`, and queues it for processing; poll the "
         f"Location. With an {IDEMPOTENCY_KEY} header (1-255 visible ASCII characters) a retry "
-        "returns the original order (header Idempotent-Replayed: true)."
+        "returns the original order (header Idempotent-Replayed: true). Needs scope "
+        "`orders:write`; a token bound to a customer may submit only that customer's orders."
     ),
     response_headers=[
         ResponseHeader(
@@ -49,6 +53,7 @@ from nodeapp.shop.checkout import price_items
     responses={
         202: json_spec(SubmitResponse, "Accepted"),
         400: problem_spec("Malformed JSON, or a bad Idempotency-Key"),
+        403: problem_spec("The token lacks orders:write, or acts for another customer"),
         413: problem_spec("Body over 64 KiB"),
         415: problem_spec("Content-Type is not application/json"),
         422: problem_spec(
@@ -65,6 +70,7 @@ async def submit_order(request: AnyRequest) -> Response[bytes]:
     order_request = decode_order_request(
         await request.body(), fault_injection=link.settings.fault_injection
     )
+    check_customer(request, order_request.customer_id)  # before anything is read or written
     # Priced before anything is written: an unknown product or a wrong amount stores nothing.
     priced = await price_items(order_request.items, order_request.amount, link.prices().find)
     result = await link.intake().submit(order_request, key, priced=priced)
@@ -78,6 +84,7 @@ async def submit_order(request: AnyRequest) -> Response[bytes]:
 
 @get(
     ORDER,
+    guards=[requires(ORDERS_READ)],
     summary="Read an order",
     description="The order document: status, every step with its times, failure, owner.",
     responses=lookup_responses(Order, "The order document", "No such order"),
@@ -85,4 +92,7 @@ async def submit_order(request: AnyRequest) -> Response[bytes]:
 async def get_order(request: AnyRequest, order_id: FromPath[str]) -> Response[bytes]:
     if not is_order_id(order_id):
         raise OrderNotFound(order_id)  # not an order id: cannot be an order either
-    return json_response(await broker_link(request).store().get(order_id))
+    order = await broker_link(request).store().get(order_id)
+    if not visible_to(request, order.customer_id):
+        raise OrderNotFound(order_id)  # another customer's order: as if there were none
+    return json_response(order)

@@ -13,11 +13,13 @@ from typing import Annotated, Final
 from litestar import Response, get, post, put
 from litestar.params import FromPath, Parameter
 
+from api.auth import requires
 from api.broker_link import broker_link
 from api.paths import PRODUCT, PRODUCT_STOCK, PRODUCTS, product_location
 from api.responses import AnyRequest, json_response
 from api.routes.openapi import BROKER_DOWN, json_spec, problem_spec, raw_json_body
 from api.schemas import StockChange, decode_stock_change, require_json
+from nodeapp.security.scopes import CATALOG_WRITE
 from nodeapp.shop.catalog import DEFAULT_LIMIT, MAX_LIMIT, CatalogPage
 from nodeapp.shop.keys import product_key
 from nodeapp.shop.products import Product, ProductBody, ProductView, StockView, decode_product_body
@@ -29,6 +31,7 @@ CONTENDED: Final = problem_spec("The product's stock is too contended right now;
 
 @get(
     PRODUCTS,
+    guards=[requires()],  # any valid token
     summary="List products",
     description=(
         "Products by id, `limit` per page; pass `next_cursor` back as `cursor` for the next "
@@ -53,6 +56,7 @@ async def list_products(
 
 @get(
     PRODUCT,
+    guards=[requires()],  # any valid token
     summary="Read a product",
     description="The product with its stock: on_hand, reserved (held by orders), available.",
     responses={
@@ -69,6 +73,7 @@ async def get_product(request: AnyRequest, product_id: FromPath[str]) -> Respons
 
 @put(
     PRODUCT,
+    guards=[requires(CATALOG_WRITE)],
     status_code=200,
     request_max_body_size=MAX_BODY_BYTES,
     operation_class=raw_json_body(ProductBody, "The product; unknown fields are refused"),
@@ -98,6 +103,7 @@ async def put_product(request: AnyRequest, product_id: FromPath[str]) -> Respons
 
 @post(
     PRODUCT_STOCK,
+    guards=[requires(CATALOG_WRITE)],
     status_code=200,
     request_max_body_size=MAX_BODY_BYTES,
     operation_class=raw_json_body(StockChange, "How much stock arrived (or left)"),

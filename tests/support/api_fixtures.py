@@ -3,6 +3,10 @@ in-process through ``httpx.ASGITransport`` with its lifespan entered in the test
 (``api``), or served by uvicorn on a free port (``served_api``) when nodes must reach it: they
 pay at its simulated gateway and its callback route records the verdicts.
 
+Every route but health, readiness, the schema and the payment routes needs a bearer token: the
+clients made here send ``TEST_ADMIN_TOKEN`` (the test settings' admin) unless given another
+token, or None for none; ``client_as`` makes a client for another token on the same api.
+
 ``conftest.py`` registers this module as a plugin, so tests ask for the fixtures by name.
 """
 
@@ -25,6 +29,7 @@ from nodeapp.core.settings import Settings
 from nodeapp.local.natsserver import free_port
 from nodeapp.orders.handles import Handles
 from tests.support.serving import serving
+from tests.support.tokens import TEST_ADMIN_TOKEN, bearer
 from tests.support.waiting import wait_for
 
 PROBLEM_JSON = "application/problem+json"
@@ -78,17 +83,48 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         assert stopped["type"] == "lifespan.shutdown.complete", stopped
 
 
+def _headers(token: str | None) -> dict[str, str]:
+    return bearer(token) if token else {}
+
+
 @contextlib.asynccontextmanager
-async def client_for(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
-    """Run ``app``'s lifespan and yield a client talking to it in-process."""
+async def client_for(app: Litestar, token: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """Run ``app``'s lifespan and yield a client talking to it in-process, presenting ``token``
+    (none by default: the app may not be ``create_app``'s, nor know the test admin)."""
     transport = httpx.ASGITransport(app=_asgi(app))
-    async with lifespan(app), httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+    async with (
+        lifespan(app),
+        httpx.AsyncClient(
+            transport=transport, base_url=BASE_URL, headers=_headers(token)
+        ) as client,
+    ):
         yield client
 
 
-def running_api(settings: Settings) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
-    """The app for ``settings``, running, and a client for it."""
-    return client_for(create_app(settings))
+def running_api(
+    settings: Settings, token: str | None = TEST_ADMIN_TOKEN
+) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+    """The app for ``settings``, running, and a client for it presenting ``token`` (the test
+    admin by default)."""
+    return client_for(create_app(settings), token)
+
+
+@contextlib.asynccontextmanager
+async def client_as(
+    client: httpx.AsyncClient, token: str | None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Another client for the api ``client`` talks to (in-process or served), presenting
+    ``token`` instead (None: no Authorization header at all)."""
+    transport = client._transport  # the in-process app, reached without a second lifespan
+    own = (
+        httpx.ASGITransport(app=transport.app)
+        if isinstance(transport, httpx.ASGITransport)
+        else None
+    )
+    async with httpx.AsyncClient(
+        transport=own, base_url=client.base_url, timeout=client.timeout, headers=_headers(token)
+    ) as other:
+        yield other
 
 
 async def wait_ready(client: httpx.AsyncClient, within: float = 15.0) -> None:
@@ -131,7 +167,9 @@ async def serve_api(settings: Settings, **changes: Any) -> AsyncIterator[ServedA
     served = served_settings(settings, port, **changes)
     async with (
         serving(create_app(served), port),
-        httpx.AsyncClient(base_url=served.api_url, timeout=10.0) as http,
+        httpx.AsyncClient(
+            base_url=served.api_url, timeout=10.0, headers=_headers(served.admin_token)
+        ) as http,
     ):
         await wait_ready(http)
         yield ServedApi(http, served)

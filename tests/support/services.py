@@ -21,11 +21,16 @@ from tests.support.waiting import wait_for
 
 
 class ApiProcess(Child):
-    """One ``python -m api`` process on a free port; ``stop()`` sends SIGTERM and waits."""
+    """One ``python -m api`` process on a free port; ``stop()`` sends SIGTERM and waits.
+
+    ``settings`` reach it as environment variables, ``ORDERFLOW_ADMIN_TOKEN`` among them;
+    ``client()`` talks to it as that admin (``client(None)``: with no token).
+    """
 
     def __init__(self, settings: Settings, log_path: Path, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_token = settings.admin_token
         own = {"ORDERFLOW_API_PORT": str(self.port), "ORDERFLOW_LOG_FORMAT": "json"}
         full_env = child_env(settings, **{**own, **env})
         super().__init__("api", python_module("api"), env=full_env, log_path=log_path)
@@ -41,6 +46,13 @@ class ApiProcess(Child):
                 return False
 
         await wait_for(ready, within, interval=0.1)
+
+    def client(self, token: str | None = "", timeout: float = 5.0) -> httpx.AsyncClient:
+        """A client for this api presenting ``token``; by default the settings' admin token,
+        None for no token at all."""
+        token = self.admin_token if token == "" else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=headers)
 
     def stop(self, grace: float = 15.0) -> int:
         return super().stop(grace)
