@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -353,3 +354,110 @@ def test_node_alone_still_runs_a_node() -> None:
     args, _ = parse(["node", "drain", "n-1", "--api-url", "http://h:1"])
     assert handles(args)
     assert (args.target_node_id, args.api_url) == ("n-1", "http://h:1")
+
+
+async def test_tokens_create_list_revoke_and_the_api_follows(
+    cli: Cli, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``token create`` prints the token once; ``list`` never shows it (nor its hash); the CLI
+    sends ``ORDERFLOW_TOKEN``; a revoked token is refused at once (exit 2, one line, no token)."""
+    caplog.set_level(logging.INFO)  # the api serves in this process: its log lines land here
+    created = await cli(
+        "token", "create", "--name", "reader", "--scopes", "orders:read", "--ttl", "3600"
+    )
+    assert created.code == 0, created.err
+    token = created.out.split()[1]
+    shown = dict(line.split(None, 1) for line in created.out.splitlines()[:-1])
+    assert shown["token"] == token
+    assert token.startswith(f"of_{shown['id']}_")
+    assert (shown["name"], shown["scopes"]) == ("reader", "orders:read")
+    assert "expires" in shown
+    assert created.out.splitlines()[-1].startswith("shown once")
+    ops = (await cli("token", "create", "--name", "ops bot", "--scopes", "ops,orders:read",
+                     "--customer", "c-9", "--json")).json()  # fmt: skip
+    assert set(ops) == {
+        "token", "token_id", "name", "scopes", "customer_id", "created_at", "expires_at",
+        "revoked_at",
+    }  # fmt: skip
+    assert (ops["scopes"], ops["customer_id"], ops["expires_at"]) == (["ops", "orders:read"],
+                                                                     "c-9", None)  # fmt: skip
+
+    submitted = await cli("order", "submit", "--customer", "c-1", "--item", "sku-1:1", "--json")
+    assert submitted.code == 0, submitted.err  # as the settings' admin (ORDERFLOW_ADMIN_TOKEN)
+    order_id = submitted.json()["order_id"]
+    as_reader = {"ORDERFLOW_TOKEN": token}
+    got = await cli("order", "get", order_id, "--json", env=as_reader)
+    assert (got.code, got.json()["order_id"]) == (0, order_id)
+    refused = await cli("order", "submit", "--customer", "c-1", "--item", "sku-1:1", env=as_reader)
+    assert refused.code == 2
+    assert refused.err.startswith("orderflow order submit: forbidden: ")
+    assert "orders:write" in refused.err
+    assert "ORDERFLOW_TOKEN" in refused.err
+
+    listed = await cli("token", "list")
+    assert listed.code == 0, listed.err
+    header, *rows = listed.out.splitlines()
+    assert header.split() == ["ID", "NAME", "SCOPES", "CUSTOMER", "CREATED", "EXPIRES", "REVOKED"]
+    assert [row.split()[0] for row in rows] == [shown["id"], ops["token_id"]]
+    assert rows[0].split()[-1] == "-"  # not revoked
+    records = (await cli("token", "list", "--json")).json()
+    assert [set(r) for r in records] == [set(ops) - {"token"}] * 2  # no token, no hash
+
+    revoked = await cli("token", "revoke", shown["id"])
+    assert revoked.code == 0, revoked.err
+    assert revoked.out.startswith(f"token {shown['id']} (reader) revoked at ")
+    assert (await cli("token", "revoke", shown["id"])).code == 0  # again: still revoked
+
+    async def refused_now() -> Run | None:
+        run = await cli("order", "get", order_id, env=as_reader)
+        return run if run.code != 0 else None
+
+    after = await wait_for(refused_now, within=5)
+    assert after.code == 2
+    assert after.err == (
+        "orderflow order get: unauthorized: API token revoked (the token in ORDERFLOW_TOKEN); "
+        "set ORDERFLOW_TOKEN to a valid one\n"
+    )
+    listed_again = (await cli("token", "list", "--json")).json()
+    assert listed_again[0]["revoked_at"] is not None
+    everything = [created.err, listed.out, listed.err, revoked.out, after.out, after.err]
+    everything += [str(records), str(listed_again), caplog.text]
+    for secret in (token, ops["token"], token.split("_", 2)[2], ops["token"].split("_", 2)[2]):
+        assert all(secret not in text for text in everything)
+
+
+async def test_token_commands_name_the_bad_field(cli: Cli) -> None:
+    runs = await asyncio.gather(
+        cli("token", "create", "--name", "x", "--scopes", "orders:reed,ops"),
+        cli("token", "create", "--name", "x", "--scopes", "ops", "--ttl", "-5"),
+        cli("token", "create", "--name", "x", "--scopes", "ops", "--customer", "bad id!"),
+        cli("token", "create", "--name", " ", "--scopes", ""),
+        cli("token", "revoke", "0123456789abcdef"),
+        cli("token", "revoke", "not-an-id"),
+        cli(
+            "order", "get", UNKNOWN_ORDER, env={"ORDERFLOW_ADMIN_TOKEN": "", "ORDERFLOW_TOKEN": ""}
+        ),
+        cli("order", "get", UNKNOWN_ORDER, env={"ORDERFLOW_TOKEN": "of_guess"}),
+        cli("token", "list", "--nats-url", f"nats://127.0.0.1:{free_port()}"),
+    )
+    scope, ttl, customer, empty, unknown, bad_id, no_token, guessed, broker_down = runs
+    assert scope.code == ttl.code == customer.code == empty.code == 2
+    assert scope.err == (
+        "orderflow token create: --scopes: unknown scope 'orders:reed' "
+        "(known: admin, catalog:write, ops, orders:read, orders:write)\n"
+    )
+    assert ttl.err.startswith("orderflow token create: --ttl: must be seconds, > 0")
+    assert customer.err.startswith("orderflow token create: --customer: must be 1-64 of")
+    assert "--scopes: name at least one scope; --name: must be 1-64" in empty.err
+    for run in (unknown, bad_id):
+        assert run.code == 1
+        assert "not found" in run.err
+    assert no_token.code == 2
+    assert no_token.err.startswith(
+        "orderflow order get: the api needs a token: set ORDERFLOW_TOKEN"
+    )
+    assert guessed.code == 2
+    assert "unauthorized: API token malformed" in guessed.err
+    assert "of_guess" not in guessed.err
+    assert broker_down.code == 3
+    assert all(run.out == "" and run.err.count("\n") == 1 for run in runs)

@@ -1,5 +1,7 @@
 """A node process's ops endpoints: stat, the two watchdogs (also while the broker is down),
-metrics, errors, and ``POST /stop`` draining the node until the process exits 0."""
+metrics, errors, and ``POST /stop`` draining the node until the process exits 0, for a token
+with ``ops`` only (401 without a valid one, 403 without the scope); the read-only endpoints need
+no token."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from nodeapp.orders.handles import Handles
 from tests.support.orders import submit, wait_terminal
 from tests.support.processes import NodeProcess, NodeProcesses
 from tests.support.services import wait_ops_url
+from tests.support.tokens import TEST_ADMIN_TOKEN, bearer, mint_token, token_store
 from tests.support.waiting import wait_for
 
 
@@ -116,11 +119,42 @@ async def test_watchdogs_report_a_broker_outage_and_recovery(
     await wait_for(recovered, within=15, interval=0.2)
 
 
-async def test_post_stop_drains_the_node_and_it_exits_0(
-    ops: tuple[NodeProcess, httpx.AsyncClient], broker: Handles
+async def test_post_stop_needs_a_token_with_ops(
+    ops: tuple[NodeProcess, httpx.AsyncClient], broker: Handles, settings: Settings
 ) -> None:
     node, client = ops
-    response = await client.post("/stop")
+    reader = await mint_token(broker, settings, "orders:read", "catalog:write")
+    revoked = await mint_token(broker, settings, "ops")
+    await (await token_store(broker, settings)).revoke(revoked.split("_")[1])
+    refusals = {
+        "none": await client.post("/stop"),
+        "basic": await client.post("/stop", headers={"Authorization": "Basic b3BzOm9wcw=="}),
+        "unknown": await client.post("/stop", headers=bearer("of_" + "0" * 16 + "_" + "x" * 43)),
+        "revoked": await client.post("/stop", headers=bearer(revoked)),
+        "no ops": await client.post("/stop", headers=bearer(reader)),
+    }
+    statuses = {name: response.status_code for name, response in refusals.items()}
+    assert statuses == {"none": 401, "basic": 401, "unknown": 401, "revoked": 401, "no ops": 403}
+    assert refusals["none"].headers["www-authenticate"] == "Bearer"
+    assert refusals["revoked"].json()["error"].endswith("API token revoked")
+    assert "lacks the scope ops" in refusals["no ops"].json()["error"]
+    for text in (reader, revoked):
+        assert all(text not in r.text for r in refusals.values())
+        assert all(text not in line for line in node.log_lines())
+    # Nothing happened: still active, and the read-only endpoints need no token.
+    assert (await status_of(client, "/stat"))[1]["state"] == "active"
+    assert (await client.get("/watchdog/self")).status_code == 200
+    assert node.alive
+
+
+@pytest.mark.parametrize("who", ["ops token", "admin token"])
+async def test_post_stop_drains_the_node_and_it_exits_0(
+    ops: tuple[NodeProcess, httpx.AsyncClient], broker: Handles, settings: Settings, who: str
+) -> None:
+    node, client = ops
+    token = TEST_ADMIN_TOKEN if who == "admin token" else await mint_token(broker, settings, "ops")
+    assert settings.admin_token == TEST_ADMIN_TOKEN  # the node's ORDERFLOW_ADMIN_TOKEN
+    response = await client.post("/stop", headers=bearer(token))
     assert response.status_code == 202
     assert response.json() == {"node_id": "ops-node", "state": "draining"}
 

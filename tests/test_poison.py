@@ -12,7 +12,6 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import msgspec
 import pytest
 
@@ -102,7 +101,7 @@ async def test_poison_orders_are_dead_lettered_then_replayed(
     # The nodes pay at the gateway this api hosts.
     node_processes.settings = msgspec.structs.replace(settings, api_url=api.url)
     async with (
-        httpx.AsyncClient(base_url=api.url) as http,
+        api.client() as http,  # the settings' admin token, as the CLI's environment carries
         Supervisor(node_processes).running() as supervisor,
     ):
         response = await http.post("/orders", json=order_body(poison_at="Scheduling"))

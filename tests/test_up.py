@@ -4,7 +4,8 @@ packaged nats.conf is found), with a real nats-server, api and nodes as its chil
 It loads the demo catalog into the empty one and suggests an order that completes, paid at the
 gateway the api hosts; it keeps serving when a node is SIGKILLed (the node is restarted and the
 cluster heals), it moves monitoring off a taken 8222, it keeps its generated secrets private,
-and SIGTERM stops everything and exits 0.
+and SIGTERM stops everything and exits 0. It makes the first admin token (``<data>/admin-token``,
+mode 0600), shows it once, and its suggested ``curl`` works as printed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,22 @@ from nodeapp.core.settings import load_settings
 from nodeapp.local.natsserver import free_port
 from nodeapp.local.secret_files import kept_secret
 from nodeapp.local.supervisor import Child, python_module
-from nodeapp.local.up import KEPT_SECRETS, SECRETS_DIR, Monitor, local_settings, monitor_address
+from nodeapp.local.up import (
+    KEPT_SECRETS,
+    SECRETS_DIR,
+    Monitor,
+    admin_token,
+    local_settings,
+    monitor_address,
+)
+from nodeapp.security.bootstrap import ADMIN_TOKEN_FILE
 from nodeapp.shop.products import DEMO_CATALOG
 from tests.support.waiting import wait_for
 
 MONITOR_PORT = 8222
+SOURCE = Path(__file__).resolve().parents[1]  # this checkout, not whatever is installed
 START_WITHIN = 60.0  # two shared cores: interpreters, nats-server, api and nodes all start
-_BANNER_LINE = re.compile(r"^  (api|broker|monitor|nodes|catalog|payments)\s+(\S+)")
+_BANNER_LINE = re.compile(r"^  (api|broker|monitor|nodes|catalog|payments|token)\s+(\S+)")
 _CURL_BODY = re.compile(r"-d '(\{.*\})'")
 
 
@@ -76,7 +87,10 @@ class Up:
             "--api-port", str(self.api_port), "--data-dir", str(self.data_dir), *flags,
         )  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ORDERFLOW_", "NATS_"))}
+        # Run from an empty folder, ``python -m nodeapp`` must still import the code under test.
+        path = os.pathsep.join(p for p in (str(SOURCE), os.environ.get("PYTHONPATH")) if p)
         env |= {
+            "PYTHONPATH": path,
             "ORDERFLOW_STEP_SECONDS": "0.05",
             "ORDERFLOW_FAILURE_RATE": "0",
             "ORDERFLOW_ACK_WAIT": "2",
@@ -87,6 +101,14 @@ class Up:
 
     def output(self) -> str:
         return "\n".join(self.child.log_lines())
+
+    def admin_token(self) -> str:
+        return (self.data_dir / ADMIN_TOKEN_FILE).read_text().strip()
+
+    def client(self) -> httpx.AsyncClient:
+        """A client of up's api presenting the admin token up keeps."""
+        headers = {"Authorization": f"Bearer {self.admin_token()}"}
+        return httpx.AsyncClient(base_url=self.api_url, timeout=5.0, headers=headers)
 
     async def wait_output(self, pattern: str, within: float = 30.0) -> re.Match[str]:
         """The first match of ``pattern`` in what up printed; fail early if up exited."""
@@ -100,14 +122,15 @@ class Up:
         return await wait_for(probe, within, interval=0.1)
 
     async def banner(self) -> dict[str, str]:
-        """``api``, ``broker``, ``monitor``, ``nodes``, ``catalog`` and ``payments`` (each
-        line's first word), ``catalog line`` and ``try`` (whole lines), and ``body`` (the
-        suggested order's, when there is one)."""
+        """``api``, ``broker``, ``monitor``, ``nodes``, ``catalog``, ``payments`` and
+        ``token`` (each line's first word), ``catalog line``, ``token line`` and ``try`` (whole
+        lines), and ``body`` (the suggested order's, when there is one)."""
         await self.wait_output("Ctrl-C stops everything", START_WITHIN)
         lines = self.output().splitlines()
         start = lines.index("orderflow is up")
         found = {m[1]: m[2] for line in lines[start:] if (m := _BANNER_LINE.match(line))}
         found["catalog line"] = next(line for line in lines if line.startswith("  catalog"))
+        found["token line"] = next(line for line in lines[start:] if line.startswith("  token"))
         found["try"] = next(line for line in lines[start:] if line.startswith("try: "))
         body = _CURL_BODY.search(self.output())
         return {**found, "body": body[1] if body else ""}
@@ -190,11 +213,31 @@ async def test_up_serves_and_restarts_a_killed_node(up: Up) -> None:
         "(--no-demo skips)"
     )
     assert banner["payments"] == f"{up.api_url}/sim/payments"
+    # The first admin token: made now, shown this once, kept private.
+    kept = up.data_dir / ADMIN_TOKEN_FILE
+    assert (kept.stat().st_mode & 0o777) == 0o600
+    assert banner["token"] == up.admin_token()
+    assert banner["token line"].endswith(f"(admin; shown this once, kept in {kept}, mode 0600)")
+    assert up.output().count(up.admin_token()) == 1  # in no log line of the api or the nodes
+    async with httpx.AsyncClient(base_url=up.api_url, timeout=5.0) as anonymous:
+        assert (await anonymous.get("/cluster")).status_code == 401
+    # The suggested curl works as printed, in a shell.
+    command = banner["try"].removeprefix("try: ")
+    assert f'-H "Authorization: Bearer $(cat {kept})"' in command
+
+    async def curl_accepted() -> dict[str, Any] | None:
+        done = await asyncio.to_thread(
+            subprocess.run, ["bash", "-c", command], capture_output=True, text=True, check=False
+        )
+        answer: dict[str, Any] = json.loads(done.stdout) if done.stdout.startswith("{") else {}
+        return answer if answer.get("status") == "accepted" else None
+
+    await wait_for(curl_accepted, 20.0, interval=0.2)
     body = json.loads(banner["body"])
     demo = {item.product_id: item for item in DEMO_CATALOG}
     [line] = body["items"]
     assert body["amount"] == str(demo[line["product_id"]].price * line["quantity"])
-    async with httpx.AsyncClient(base_url=up.api_url, timeout=5.0) as http:
+    async with up.client() as http:
         order = await order_completes(http, body)
         # Paid at the gateway the api hosts, its verdict signed with the secret up generated.
         assert (order["payment"]["status"], order["payment"]["amount"]) == (
@@ -233,7 +276,7 @@ async def test_sigterm_stops_everything_and_exits_0(tmp_path: Path) -> None:
         assert banner["catalog line"].split() == ["catalog", "empty:", *CATALOG_HINT.split()]
         assert banner["try"].startswith("try: load products")
         assert banner["body"] == ""
-        async with httpx.AsyncClient(base_url=process.api_url, timeout=5.0) as http:
+        async with process.client() as http:
             await wait_for(lambda: _exactly(http, 1), 30.0, interval=0.2)
         process.remember_children()
         assert len(process.descendants) == 3, process.descendants  # broker, api, node
@@ -289,3 +332,27 @@ def test_the_monitor_port_follows_the_config_unless_it_is_taken(tmp_path: Path) 
     assert (moved.wanted, moved.port != port) == (port, True)
     conf.write_text("server_name: no-monitoring-line\n")
     assert monitor_address(conf, "127.0.0.1").wanted == MONITOR_PORT
+
+
+def test_the_admin_token_is_made_once_and_the_environments_wins(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    settings, first = admin_token(load_settings({}), data)
+    path = data / ADMIN_TOKEN_FILE
+    assert (first.created, first.path, settings.admin_token) == (True, path, first.token)
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert first.token in first.banner_line()
+    assert first.token not in repr(first)
+    again_settings, again = admin_token(load_settings({}), data)  # a later start
+    assert (again.created, again_settings.admin_token) == (False, first.token)
+    assert first.token not in again.banner_line()
+    assert again.banner_line() == (
+        f"  token    in {path}  (admin; CLI: export ORDERFLOW_TOKEN=$(cat {path}))"
+    )
+    assert again.curl_header() == f'-H "Authorization: Bearer $(cat {path})"'
+
+    given = load_settings({"ORDERFLOW_ADMIN_TOKEN": "e" * 40})
+    kept, from_env = admin_token(given, tmp_path / "other")
+    assert (kept.admin_token, from_env.path, from_env.created) == ("e" * 40, None, False)
+    assert not (tmp_path / "other" / ADMIN_TOKEN_FILE).exists()
+    assert from_env.curl_header() == '-H "Authorization: Bearer $ORDERFLOW_ADMIN_TOKEN"'
+    assert "e" * 40 not in from_env.banner_line()

@@ -17,6 +17,7 @@ import httpx
 import msgspec
 
 from nodeapp.core.errors import FieldError, OrderflowError
+from nodeapp.core.settings import Settings
 
 T = TypeVar("T")
 HTTP_TIMEOUT: Final = 10.0  # seconds: the api answers 503 within ~1.5 s when the broker is away
@@ -52,12 +53,20 @@ class ApiProblem(OrderflowError):
         return cls(response.status_code, detail, errors)
 
 
-class ApiClient:
-    """``with ApiClient(url) as api: api.get("/orders/...", Order)``."""
+def bearer_token(settings: Settings) -> str:
+    """The token CLI commands send: ``ORDERFLOW_TOKEN``, else ``ORDERFLOW_ADMIN_TOKEN`` (a
+    machine that runs the cluster and the CLI), else none (the api will answer 401)."""
+    return settings.token or settings.admin_token
 
-    def __init__(self, base_url: str, timeout: float = HTTP_TIMEOUT) -> None:
+
+class ApiClient:
+    """``with ApiClient(url, token) as api: api.get("/orders/...", Order)``; every request
+    carries ``Authorization: Bearer <token>`` when a token is given."""
+
+    def __init__(self, base_url: str, token: str = "", timeout: float = HTTP_TIMEOUT) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
 
     def __enter__(self) -> ApiClient:
         return self

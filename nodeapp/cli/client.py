@@ -1,12 +1,13 @@
 """The operator's client commands: ``order submit|get|watch|history``, ``cluster``,
 ``node drain``, ``dlq ls|replay``, ``catalog ls`` (over the api, ``--api-url`` /
-``ORDERFLOW_API_URL``), ``inspect`` and ``catalog load`` (straight to NATS). Their parser is
-``nodeapp.cli.client_parser``.
+``ORDERFLOW_API_URL``, with ``Authorization: Bearer`` ``ORDERFLOW_TOKEN`` or else
+``ORDERFLOW_ADMIN_TOKEN``), ``inspect``, ``catalog load`` and ``token create|list|revoke``
+(straight to NATS). Their parser is ``nodeapp.cli.client_parser``.
 
-Tables for people, ``--json`` for scripts. Exit codes: 0 done, 1 no such order, node or dead
-letter, 2 bad arguments or a request the api refused (a replay of a finished order, say),
-3 api or broker unreachable (or answering 5xx), 4 ``watch`` or ``drain --wait`` timed out.
-Errors are one line on stderr, never a traceback.
+Tables for people, ``--json`` for scripts. Exit codes: 0 done, 1 no such order, node, dead
+letter or token, 2 bad arguments or a request the api refused (a replay of a finished order, a
+token it does not accept, say), 3 api or broker unreachable (or answering 5xx), 4 ``watch`` or
+``drain --wait`` timed out. Errors are one line on stderr, never a traceback (nor a token).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from urllib.parse import quote, urlsplit
 
 import msgspec
 
-from nodeapp.cli import catalog
-from nodeapp.cli.apiclient import ApiClient, ApiProblem, ApiUnreachable
+from nodeapp.cli import catalog, tokens
+from nodeapp.cli.apiclient import ApiClient, ApiProblem, ApiUnreachable, bearer_token
 from nodeapp.cli.inspection import inspect_at
 from nodeapp.cli.render import (
     cluster_text,
@@ -59,11 +60,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if name in DIRECT:
             return DIRECT[name](args, settings)
-        with ApiClient(api_url) as api:
+        with ApiClient(api_url, bearer_token(settings)) as api:
             return COMMANDS[name](api, args)
     except ApiUnreachable as exc:
         return _fail(name, f"{exc} (is `orderflow api` running? set --api-url)", EXIT_UNAVAILABLE)
     except ApiProblem as exc:
+        if exc.status in (401, 403):
+            return _fail(name, _refused_text(exc, settings), EXIT_USAGE)
         return _fail(name, _problem_text(exc), _exit_code(exc.status))
     except BrokerUnavailable as exc:
         return _fail(name, f"broker unavailable: {exc}", EXIT_UNAVAILABLE)
@@ -89,13 +92,15 @@ def _command_name(args: argparse.Namespace) -> str:
         return f"dlq {args.dlq_action}"
     if args.command == "catalog":
         return f"catalog {args.catalog_action}"
+    if args.command == "token":
+        return f"token {args.token_action}"
     return str(args.command)
 
 
 def _quiet_libraries(settings: Settings) -> None:
     """A person reads stdout/stderr: no per-request or reconnect log lines unless debugging."""
     if settings.log_level.upper() != "DEBUG":
-        for name in ("httpx", "httpcore", "orderflow.broker"):
+        for name in ("httpx", "httpcore", "orderflow.broker", "orderflow.security"):
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -108,6 +113,23 @@ def _exit_code(status: int) -> int:
     if status == 404:
         return EXIT_NOT_FOUND
     return EXIT_USAGE if status < 500 else EXIT_UNAVAILABLE
+
+
+def _refused_text(exc: ApiProblem, settings: Settings) -> str:
+    """One line for a 401 or 403 that says which token was sent (by variable, never its text)
+    and what to do about it."""
+    token = bearer_token(settings)
+    sent = "ORDERFLOW_TOKEN" if settings.token else "ORDERFLOW_ADMIN_TOKEN"
+    detail = exc.detail.replace(token, "***") if token else exc.detail  # never echoed; still
+    if exc.status == 403:
+        return f"forbidden: {detail} (the token in {sent}; ask for one with that scope)"
+    if not token:
+        return (
+            "the api needs a token: set ORDERFLOW_TOKEN (`orderflow token create`, or the "
+            "admin token `orderflow up` keeps in <data dir>/admin-token)"
+        )
+    reason = detail.split(";", 1)[0]  # "API token revoked", without the api's how-to
+    return f"unauthorized: {reason} (the token in {sent}); set ORDERFLOW_TOKEN to a valid one"
 
 
 def _problem_text(exc: ApiProblem) -> str:
@@ -279,4 +301,7 @@ COMMANDS: Final[dict[str, Callable[[ApiClient, argparse.Namespace], int]]] = {
 DIRECT: Final[dict[str, Callable[[argparse.Namespace, Settings], int]]] = {
     "inspect": _inspect,
     "catalog load": catalog.load,
+    "token create": tokens.run,
+    "token list": tokens.run,
+    "token revoke": tokens.run,
 }

@@ -13,11 +13,12 @@ from typing import Final
 import msgspec
 
 from nodeapp.orders.model import STEP_NAMES
+from nodeapp.security.scopes import SCOPES
 
-CLIENT_COMMANDS: Final = frozenset({"order", "cluster", "inspect", "dlq", "catalog"})
+CLIENT_COMMANDS: Final = frozenset({"order", "cluster", "inspect", "dlq", "catalog", "token"})
 EPILOG: Final = (
-    "exit codes: 0 ok, 1 no such order, node or dead letter, 2 bad arguments (or refused), "
-    "3 api or broker unreachable, 4 timed out"
+    "exit codes: 0 ok, 1 no such order, node, dead letter or token, 2 bad arguments (or refused, "
+    "token refused included), 3 api or broker unreachable, 4 timed out"
 )
 
 
@@ -113,6 +114,7 @@ def add_commands(
 
     _add_dlq(sub, client)
     _add_catalog(sub, client)
+    _add_token(sub, EPILOG)
 
     node_actions = node.add_subparsers(dest="node_action", metavar="ACTION")
     drain = node_actions.add_parser(
@@ -164,6 +166,43 @@ def _add_catalog(
     ls = actions.add_parser("ls", parents=[client], help="list products (via the api)")
     ls.add_argument("--limit", type=_page_size, default=50, help="products per page (1-500)")
     ls.add_argument("--cursor", default=None, help="the next page's cursor, as printed")
+
+
+def _add_token(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog: str) -> None:
+    """``token create|list|revoke`` (``nodeapp.cli.tokens`` runs them)."""
+    token = sub.add_parser(
+        "token", help="API tokens: create, list, revoke (straight to the broker)", epilog=epilog
+    )
+    actions = token.add_subparsers(dest="token_action", required=True, metavar="ACTION")
+    broker = argparse.ArgumentParser(add_help=False)
+    broker.add_argument("--nats-url", dest="nats_url", default=None, help="[NATS_URL]")
+    broker.add_argument("--json", action="store_true", help="print raw JSON (for scripts)")
+
+    create = actions.add_parser(
+        "create", parents=[broker], epilog=epilog,
+        help="create a token and print it (once: only its hash is kept)",
+    )  # fmt: skip
+    create.add_argument("--name", required=True, help="what the token is for (1-64 characters)")
+    create.add_argument(
+        "--scopes", required=True, metavar="A,B",
+        help=f"comma-separated, of: {', '.join(sorted(SCOPES))}",
+    )  # fmt: skip
+    create.add_argument(
+        "--customer", default=None, metavar="CUSTOMER_ID",
+        help="only this customer's orders (submit and read)",
+    )  # fmt: skip
+    create.add_argument(
+        "--ttl", type=float, default=None, metavar="SECONDS",
+        help="expires after this many seconds (default: never)",
+    )  # fmt: skip
+    actions.add_parser(
+        "list", parents=[broker], epilog=epilog,
+        help="every token: id, name, scopes, customer, created, expires, revoked",
+    )  # fmt: skip
+    revoke = actions.add_parser(
+        "revoke", parents=[broker], epilog=epilog, help="revoke a token by its id"
+    )
+    revoke.add_argument("token_id", metavar="ID")
 
 
 def handles(args: argparse.Namespace) -> bool:

@@ -52,8 +52,9 @@ def catalog_line(state: CatalogState) -> str:
     return f"{state.products}{'+' if state.more else ''} products"
 
 
-def try_line(api_url: str, state: CatalogState) -> str:
-    """A ``curl`` that submits an order the catalog can fill, or what to do first."""
+def try_line(api_url: str, state: CatalogState, auth: str = "") -> str:
+    """A ``curl`` that submits an order the catalog can fill, or what to do first; ``auth`` is
+    the curl arguments that send the token (``-H "Authorization: Bearer ..."``)."""
     product = state.example
     if product is None:
         return "try: load products (orderflow catalog load FILE.json), then POST /orders"
@@ -63,4 +64,8 @@ def try_line(api_url: str, state: CatalogState) -> str:
         "amount": str(product.price),
     }
     text = json.dumps(body, separators=(",", ":"))  # ids and prices hold no quote
-    return f"try: curl -s -XPOST {api_url}/orders -H 'content-type: application/json' -d '{text}'"
+    auth = f" {auth}" if auth else ""
+    return (
+        f"try: curl -s -XPOST {api_url}/orders{auth} -H 'content-type: application/json' "
+        f"-d '{text}'"
+    )

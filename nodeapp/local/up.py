@@ -5,7 +5,9 @@ The api hosts the simulated payment gateway (unless ``ORDERFLOW_PAYMENT_URL`` na
 and the nodes reach it, and send its verdicts back, through the api's local URL. The signing
 secrets for payments and notifications are generated once when unset and kept under the data
 folder (``nodeapp.local.secret_files``); an empty catalog gets the demo one
-(``nodeapp.local.demo``).
+(``nodeapp.local.demo``). So is the first admin API token (``ORDERFLOW_ADMIN_TOKEN``, unless the
+environment sets one): ``<data>/admin-token``, mode 0600, printed in the banner the one time it
+is created; later starts say where it is.
 
 A crashed api or node is restarted (``nodeapp.local.keeper``); only Ctrl-C or SIGTERM stops
 everything, in order: the api (no new orders), the nodes (they drain), then the broker. The
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import shlex
 import signal
 import sys
 from collections.abc import Coroutine, Iterator
@@ -35,6 +38,7 @@ from nodeapp.local.keeper import Keeper
 from nodeapp.local.natsserver import NatsServer, free_port, port_free
 from nodeapp.local.secret_files import kept_secret
 from nodeapp.local.supervisor import Child, Supervisor, child_env, python_module
+from nodeapp.security.bootstrap import ADMIN_TOKEN_FILE, keep_admin_token
 from nodeapp.shop.payment_messages import SIM_PREFIX
 
 MONITOR_PORT: Final = 8222  # nats-server's usual monitoring port, kept when it is free
@@ -105,6 +109,48 @@ def local_settings(settings: Settings, data_dir: Path) -> Settings:
     return msgspec.structs.replace(settings, api_url=api_url, **secrets)
 
 
+class AdminToken(msgspec.Struct, frozen=True):
+    """Where the admin token came from, for the banner: ``path`` None when the environment set
+    it; ``created`` when it was made just now (the one time the banner shows it)."""
+
+    token: str
+    path: Path | None
+    created: bool
+
+    def __repr__(self) -> str:
+        return f"AdminToken(path={self.path!r}, created={self.created})"  # never the token
+
+    def curl_header(self) -> str:
+        """curl arguments that send it, working as printed in a POSIX shell."""
+        kept = "$ORDERFLOW_ADMIN_TOKEN"
+        source = kept if self.path is None else f"$(cat {shlex.quote(str(self.path))})"
+        return f'-H "Authorization: Bearer {source}"'
+
+    def banner_line(self) -> str:
+        if self.path is None:
+            return "  token    the admin token is ORDERFLOW_ADMIN_TOKEN's (from the environment)"
+        where = shlex.quote(str(self.path))
+        if self.created:
+            return f"  token    {self.token}  (admin; shown this once, kept in {where}, mode 0600)"
+        return f"  token    in {where}  (admin; CLI: export ORDERFLOW_TOKEN=$(cat {where}))"
+
+
+def admin_token(settings: Settings, data_dir: Path) -> tuple[Settings, AdminToken]:
+    """``settings`` with the admin token in force: the environment's, else the one kept in
+    ``data_dir`` (made on first start)."""
+    if settings.admin_token:
+        return settings, AdminToken(settings.admin_token, None, created=False)
+    try:
+        token, created = keep_admin_token(data_dir)
+    except OSError as exc:
+        raise OrderflowError(f"cannot keep the admin token in {data_dir}: {exc.strerror}") from None
+    path = data_dir / ADMIN_TOKEN_FILE
+    return (
+        msgspec.structs.replace(settings, admin_token=token),
+        AdminToken(token, path, created),
+    )
+
+
 def _kept(folder: Path, name: str) -> str:
     try:
         return kept_secret(folder, name)
@@ -132,14 +178,14 @@ def run_up(
         where = f"{settings.api_host}:{settings.api_port}"
         raise OrderflowError(f"{where} is in use: stop that process or pass --api-port")
     data_dir = data_dir.absolute()
-    settings = local_settings(settings, data_dir)
+    settings, admin = admin_token(local_settings(settings, data_dir), data_dir)
     with config_file(config) as conf:
         monitor = monitor_address(conf, host)
         server = NatsServer(data_dir, nats_port, host, conf, monitor_port=monitor.port)
         supervisor = Supervisor()  # children write to our terminal, as one program would
         try:
             server.start()
-            _run(_up(settings, server, supervisor, nodes, monitor, demo))
+            _run(_up(settings, server, supervisor, nodes, Shown(monitor, admin), demo))
         except asyncio.CancelledError:  # Ctrl-C or SIGTERM: the stop that was asked for
             print("orderflow: stopping (api, then nodes, then the broker)", file=sys.stderr)
         finally:
@@ -174,7 +220,7 @@ async def _up(
     server: NatsServer,
     supervisor: Supervisor,
     nodes: int,
-    monitor: Monitor,
+    shown: Shown,
     demo: bool,
 ) -> None:
     """Start the api and nodes, then keep them running; Ctrl-C or SIGTERM cancels this."""
@@ -191,7 +237,7 @@ async def _up(
         supervisor.spawn(f"node-{n}", python_module("nodeapp", "node"), role="node", env=env)
     if not await _wait_http(settings.api_host, settings.api_port, api, API_START_TIMEOUT):
         raise OrderflowError("the api did not start; see its log above")
-    _banner(settings, server, monitor, nodes, catalog)
+    _banner(settings, server, shown, nodes, catalog)
     await Keeper(supervisor, final_clean_exit={"node"}).run()
 
 
@@ -211,9 +257,17 @@ async def _wait_http(host: str, port: int, child: Child, within: float) -> bool:
     return False
 
 
+class Shown(msgspec.Struct, frozen=True):
+    """What the banner tells beyond the settings: monitoring's address and the admin token."""
+
+    monitor: Monitor
+    admin: AdminToken
+
+
 def _banner(
-    s: Settings, server: NatsServer, monitor: Monitor, nodes: int, catalog: CatalogState
+    s: Settings, server: NatsServer, shown: Shown, nodes: int, catalog: CatalogState
 ) -> None:
+    monitor = shown.monitor
     moved = "" if monitor.port == monitor.wanted else f"; {monitor.wanted} was in use"
     kept = server.data_dir / SECRETS_DIR
     print(
@@ -225,7 +279,8 @@ def _banner(
         f"  catalog  {catalog_line(catalog)}\n"
         f"  payments {s.payment_url or s.api_url + SIM_PREFIX}  "
         f"(signing secrets in {kept} unless set)\n"
-        f"{try_line(s.api_url, catalog)}\n"
+        f"{shown.admin.banner_line()}\n"
+        f"{try_line(s.api_url, catalog, shown.admin.curl_header())}\n"
         f"A crashed api or node is restarted; Ctrl-C stops everything.",
         flush=True,
     )

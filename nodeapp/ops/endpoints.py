@@ -1,5 +1,7 @@
 """A node's ops endpoints: ``GET /stat``, ``POST /stop``, ``GET /watchdog/self``,
 ``GET /watchdog/external`` and ``GET /metrics``, for an operations team and its probes.
+``POST /stop`` needs ``Authorization: Bearer`` a token with ``ops`` (``nodeapp.ops.auth``); the
+read-only endpoints are open.
 
 Served by ``opshttp`` on ``ORDERFLOW_OPS_HOST:ORDERFLOW_OPS_PORT`` (port 0: any free port); the
 URL goes into ``node.ops_url``, which the heartbeat and the micro service metadata carry, so
@@ -32,7 +34,8 @@ from nodeapp.cluster.backlog import CONTENT_TYPE, SCRAPE_ERRORS
 from nodeapp.cluster.control import DrainReply
 from nodeapp.cluster.membership import NodeStats
 from nodeapp.core.settings import Settings
-from nodeapp.ops.http import Response, Routes, json_response, listening
+from nodeapp.ops.auth import OpsGuard
+from nodeapp.ops.http import Request, Response, Routes, json_response, listening
 from nodeapp.ops.metrics import NodeMetrics
 from nodeapp.orders.model import utcnow
 
@@ -116,6 +119,7 @@ class OpsServer:
         self.nc = nc
         self.metrics = metrics
         self.lag = LoopLag()
+        self.guard = OpsGuard(settings, lambda: node.js)
         self.routes: Routes = {
             "/stat": {"GET": self.stat},
             "/stop": {"POST": self.stop},
@@ -127,7 +131,7 @@ class OpsServer:
     def _state(self) -> str:
         return "draining" if self.node.draining.is_set() else "active"
 
-    async def stat(self) -> Response:
+    async def stat(self, _request: Request) -> Response:
         node = self.node
         return json_response(
             200,
@@ -145,7 +149,10 @@ class OpsServer:
             ),
         )
 
-    async def stop(self) -> Response:
+    async def stop(self, request: Request) -> Response:
+        refused = await self.guard.refusal(request, "POST /stop")
+        if refused is not None:
+            return refused
         log.info(
             "stop requested on the ops listener",
             extra={"event": "node.stop_requested", "node_id": self.node.node_id},
@@ -153,7 +160,7 @@ class OpsServer:
         self.node.drain()
         return json_response(202, DrainReply(node_id=self.node.node_id, state="draining"))
 
-    async def watchdog_self(self) -> Response:
+    async def watchdog_self(self, _request: Request) -> Response:
         lag = self.lag.current()
         # The node fences itself exactly when its last stored heartbeat is older than the lease.
         fenced = self.node.fenced()
@@ -169,7 +176,7 @@ class OpsServer:
         )
         return json_response(200 if ok else 503, check)
 
-    async def watchdog_external(self) -> Response:
+    async def watchdog_external(self, _request: Request) -> Response:
         js = self.node.js
         nodes = self.node.buckets.nodes
         node_id = self.node.node_id
@@ -199,7 +206,7 @@ class OpsServer:
             200 if ok else 503, ExternalCheck(ok=ok, node_id=node_id, checks=checks)
         )
 
-    async def prometheus(self) -> Response:
+    async def prometheus(self, _request: Request) -> Response:
         return Response(200, await self.metrics.render(), CONTENT_TYPE)
 
 

@@ -2,7 +2,8 @@
 
 Not a web framework in the node: one request per connection (``Connection: close``), the request
 head bounded in size and read with a timeout, bodies never read, so a slow or hostile client
-cannot hold the node. Handlers take no arguments and return a ``Response``.
+cannot hold the node. Handlers take the ``Request`` (method, path, headers) and return a
+``Response``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,16 @@ class Response(msgspec.Struct, frozen=True):
     headers: tuple[tuple[str, str], ...] = ()
 
 
-Handler = Callable[[], Awaitable[Response]]
+class Request(msgspec.Struct, frozen=True):
+    method: str
+    target: str
+    headers: dict[str, str]  # names in lower case; a repeated header keeps its last value
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+Handler = Callable[[Request], Awaitable[Response]]
 Routes = Mapping[str, Mapping[str, Handler]]  # path -> method -> handler
 
 
@@ -51,16 +61,26 @@ def error_response(status: int, detail: str, headers: tuple[tuple[str, str], ...
     return Response(status, _encoder.encode({"error": detail, "status": status}), JSON, headers)
 
 
-async def route(routes: Routes, method: str, target: str) -> Response:
+async def route(routes: Routes, request: Request) -> Response:
     """The handler's answer, or 404/405 as JSON (405 with ``Allow``)."""
-    path = target.split("?", 1)[0]
+    path = request.target.split("?", 1)[0]
     methods = routes.get(path)
     if methods is None:
         return error_response(404, f"no such path: {path}")
-    handler = methods.get(method)
+    handler = methods.get(request.method)
     if handler is None:
-        return error_response(405, f"{method} not allowed", (("Allow", ", ".join(methods)),))
-    return await handler()
+        allow = (("Allow", ", ".join(methods)),)
+        return error_response(405, f"{request.method} not allowed", allow)
+    return await handler(request)
+
+
+def _headers(lines: list[str]) -> dict[str, str]:
+    found = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep and name.strip():
+            found[name.strip().lower()] = value.strip()
+    return found
 
 
 async def _answer(routes: Routes, reader: asyncio.StreamReader) -> Response:
@@ -73,11 +93,12 @@ async def _answer(routes: Routes, reader: asyncio.StreamReader) -> Response:
         return error_response(400, "incomplete request")
     except TimeoutError:
         return error_response(408, f"no complete request within {READ_TIMEOUT:g}s")
-    parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         return error_response(400, "malformed request line")
     try:
-        return await route(routes, parts[0], parts[1])
+        return await route(routes, Request(parts[0], parts[1], _headers(lines[1:])))
     except Exception:
         log.exception("ops request failed", extra={"event": "ops.error", "path": parts[1]})
         return error_response(500, "internal error; see the node's log")
