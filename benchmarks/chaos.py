@@ -45,7 +45,7 @@ from nats.js.kv import KeyValue
 from benchmarks.chaos_checks import OrderTrack, Verdict, verdict
 from benchmarks.chaos_nodes import NodePool
 from benchmarks.common import BenchError, Processes, percentile, sigint_ignored
-from benchmarks.throughput import order_bodies, pace
+from benchmarks.throughput import catalog_items, order_bodies, pace
 from nodeapp.broker.kv import each_entry, latest_values, stored_at
 from nodeapp.broker.resources import DLQ_STREAM, ORDERS_STREAM
 from nodeapp.core.errors import BrokerUnavailable, OrderflowError
@@ -55,9 +55,12 @@ from nodeapp.orders.handles import broker_handles
 from nodeapp.orders.intake import Intake
 from nodeapp.orders.model import DeadLetterMark, decode_order
 from nodeapp.orders.requests import OrderRequest, decode_order_request
+from nodeapp.shop.catalog import Catalog
+from nodeapp.shop.resources import ensure_shop_resources
 
 SUBMIT_RETRY_PAUSE: Final = 0.25
 MAX_PENDING_SUBMITS: Final = 500
+BENCH_PRODUCTS: Final = 10
 SETTLE_POLL: Final = 2.0
 WATCH_STALL: Final = 15.0
 SERVER_READY_WITHIN: Final = 60.0  # seconds for a (re)started broker server to be healthy
@@ -189,6 +192,12 @@ class Chaos:
         settings = chaos_settings(opts, self.broker.url)
         async with broker_handles(settings, "orderflow-chaos") as handles:
             js, buckets, intake = handles.js, handles.buckets, handles.intake
+            # Orders buy benchmark products with stock for all of them; they are submitted
+            # unpriced (no amount), so the steps reserve and sell stock but charge nothing:
+            # the nodes run without an api hosting the payment gateway.
+            shop = await ensure_shop_resources(js, settings)
+            planned = round(opts.rate * opts.duration)
+            await Catalog(js, shop).load(catalog_items(BENCH_PRODUCTS, planned))
             pool = NodePool(self.procs, settings, buckets, opts.nodes, self.event)
             for slot in range(opts.nodes):
                 await pool.start(slot)
@@ -327,7 +336,7 @@ async def submit_steadily(
     a second one."""
     planned = round(opts.rate * opts.duration)
     out = Submissions(planned=planned)
-    bodies = order_bodies(opts.seed)
+    bodies = order_bodies(opts.seed, BENCH_PRODUCTS)
     give_up_at = start + opts.duration + 60.0
     pending = asyncio.Semaphore(MAX_PENDING_SUBMITS)
     token = f"{rng.getrandbits(32):08x}"

@@ -25,6 +25,16 @@ All processes share the machine's cores with this load generator; the output say
 how busy the rest of the machine was. ``--preload`` submits everything before the nodes start
 (their drain rate, without the submitter competing), ``--rate`` paces submits open-loop,
 ``--profile DIR`` records every process with py-spy and prints the hottest functions.
+
+The shop (ADR 0010): every run first loads a benchmark catalog (``--products`` products, stock
+for every order of the run) and the order bodies buy those products without an ``amount`` (the
+api computes it); direct submits price them as the api does (``price_items`` on a watched
+``CatalogCache``, then ``Intake.submit(..., priced=...)``). So Pre-Processing authorizes every
+order at the simulated gateway and waits for its signed callback: the api process hosts that
+gateway, so one api runs in every mode (with ``--http`` it also takes the submits), sharing a
+payment secret with the nodes, whose ``ORDERFLOW_API_URL`` points at it. The gateway answers
+after ``--payment-delay`` seconds (default 0: the payment's machinery, not a simulated wait, is
+what is measured; a delay is added to the theoretical order time, 4 x D + delay).
 """
 
 from __future__ import annotations
@@ -33,11 +43,13 @@ import argparse
 import asyncio
 import os
 import random
+import secrets
 import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
@@ -45,6 +57,7 @@ import httpx
 import msgspec
 import uvloop
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from benchmarks.common import (
     LOOPBACK,
@@ -73,12 +86,20 @@ from nodeapp.orders.handles import Handles, broker_handles
 from nodeapp.orders.intake import Intake
 from nodeapp.orders.requests import decode_order_request
 from nodeapp.orders.store import OrderStore
+from nodeapp.shop.cache import CatalogCache
+from nodeapp.shop.catalog import Catalog
+from nodeapp.shop.checkout import price_items
+from nodeapp.shop.products import CatalogItem
+from nodeapp.shop.resources import ensure_shop_resources
 
 STEPS: Final = 4
 POLL_INTERVAL: Final = 0.2
 PROGRESS_EVERY: Final = 5.0
 REQUEST_TIMEOUT: Final = 10.0
+READY_TIMEOUT: Final = 30.0
 TARGET_SECONDS: Final = 15.0  # default N makes a run last about this long
+MAX_LINES: Final = 3  # items per order, each of quantity 1-5: at most 15 units of one product
+MAX_QUANTITY: Final = 5
 
 
 class Options(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,12 +122,15 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     json: bool
     profile: Path | None
     wait_quiet: float
+    products: int
+    payment_delay: float
 
     @property
     def theoretical(self) -> float | None:
         if self.step_seconds <= 0:
             return None
-        return self.nodes * self.concurrency / (STEPS * self.step_seconds)
+        order_seconds = STEPS * self.step_seconds + self.payment_delay
+        return self.nodes * self.concurrency / order_seconds
 
 
 class Result(msgspec.Struct, kw_only=True):
@@ -119,6 +143,8 @@ class Result(msgspec.Struct, kw_only=True):
     step_seconds: float
     failure_rate: float
     preload: bool
+    products: int
+    payment_delay: float
     accepted: int
     submit_errors: dict[str, int]
     completed: int
@@ -149,25 +175,48 @@ class Result(msgspec.Struct, kw_only=True):
 # -- orders ----------------------------------------------------------------------------------
 
 
-def order_bodies(seed: int) -> Iterator[bytes]:
-    """Endless valid ``POST /orders`` bodies with random ids, reproducible from ``seed``."""
+def product_ids(count: int) -> list[str]:
+    return [f"bench-{n}" for n in range(count)]
+
+
+def catalog_items(count: int, orders: int) -> list[CatalogItem]:
+    """The benchmark catalog: ``count`` products at 1.25-12.50, each stocked for every unit
+    ``orders`` orders could take of it, so no order of the run fails ``out_of_stock``."""
+    on_hand = orders * MAX_LINES * MAX_QUANTITY
+    return [
+        CatalogItem(p, f"benchmark product {p}", Decimal(125 * (n + 1)) / 100, on_hand=on_hand)
+        for n, p in enumerate(product_ids(count))
+    ]
+
+
+async def load_catalog(js: JetStreamContext, settings: Settings, opts: Options) -> KeyValue:
+    """Create the shop's buckets and stock the benchmark catalog (a fresh broker: all new);
+    return bucket ``catalog``."""
+    buckets = await ensure_shop_resources(js, settings)
+    report = await Catalog(js, buckets).load(catalog_items(opts.products, opts.orders))
+    if report.stocked != opts.products:
+        raise BenchError(f"the benchmark catalog was not stocked: {report}")
+    return buckets.catalog
+
+
+def order_bodies(seed: int, products: int = 10) -> Iterator[bytes]:
+    """Endless valid ``POST /orders`` bodies buying benchmark products, reproducible from
+    ``seed``; no ``amount``: the api prices the items from the catalog and computes it."""
     rng = random.Random(seed)
+    ids = product_ids(products)
     while True:
-        items = [
-            {"product_id": f"sku-{rng.randrange(100_000)}", "quantity": rng.randint(1, 5)}
-            for _ in range(rng.randint(1, 3))
-        ]
+        picked = rng.sample(ids, min(len(ids), rng.randint(1, MAX_LINES)))
+        items = [{"product_id": p, "quantity": rng.randint(1, MAX_QUANTITY)} for p in picked]
         order = {"customer_id": f"cust-{rng.randrange(1_000_000)}", "items": items}
-        order["amount"] = f"{rng.randint(1, 99_999)}.{rng.randint(0, 99):02d}"
         yield msgspec.json.encode(order)
 
 
 class Submitted:
     """What the submitters have done so far, shared by all of them."""
 
-    def __init__(self, total: int, seed: int) -> None:
+    def __init__(self, total: int, seed: int, products: int) -> None:
         self.indexes = iter(range(total))
-        self.bodies = order_bodies(seed)
+        self.bodies = order_bodies(seed, products)
         self.ids: list[str] = []
         self.errors: dict[str, int] = {}
 
@@ -192,17 +241,18 @@ Submitter = Callable[[Submitted], Coroutine[Any, Any, None]]
 
 
 def direct_submitter(
-    intake: Intake, opts: Options, start: float, *, fault_injection: bool
+    intake: Intake, prices: CatalogCache, opts: Options, start: float, *, fault_injection: bool
 ) -> Submitter:
-    """The api's checks, then KV create + publish through ``Intake``, as the api does, from many
-    coroutines."""
+    """The api's checks and pricing (its watched catalog), then KV create + publish through
+    ``Intake``, as the api does, from many coroutines."""
 
     async def submit(state: Submitted) -> None:
         for index in state.indexes:
             await pace(index, start, opts.rate)
             request = decode_order_request(next(state.bodies), fault_injection=fault_injection)
             try:
-                result = await intake.submit(request)
+                priced = await price_items(request.items, request.amount, prices.find)
+                result = await intake.submit(request, priced=priced)
             except OrderflowError as exc:  # the broker refused or timed out: count it, go on
                 state.error(type(exc).__name__)
                 continue
@@ -296,14 +346,19 @@ async def wait_terminal(
 
 
 def bench_settings(opts: Options, nats_url: str) -> Settings:
-    """What every child gets: the run's step, concurrency and failure rate, quiet logs."""
+    """What every child gets: the run's step, concurrency and failure rate, quiet logs; the api
+    (hosting the payment gateway) on a free port, the nodes pointed at it with its secret."""
+    api_port = free_port(LOOPBACK)
     return Settings(
         nats_url=nats_url,
         step_seconds=opts.step_seconds,
         failure_rate=opts.failure_rate,
         concurrency=opts.concurrency,
         api_host=LOOPBACK,
-        api_port=free_port(LOOPBACK) if opts.http else 8000,
+        api_port=api_port,
+        api_url=f"http://{LOOPBACK}:{api_port}",
+        payment_secret=secrets.token_urlsafe(32),
+        payment_delay=opts.payment_delay,
         log_level="WARNING",
         log_format="json",
     ).validate()
@@ -320,7 +375,7 @@ class Run:
         self.cpu = CpuMeter({})
         self.profiler = Profiler(opts.profile) if opts.profile else None
         self.children: list[Child] = []
-        self.state = Submitted(opts.orders, opts.seed)
+        self.state = Submitted(opts.orders, opts.seed, opts.products)
 
     def watch(self, label: str, pid: int, profile: bool = True) -> None:
         self.sampler.watch(label, pid)
@@ -330,8 +385,9 @@ class Run:
 
     async def execute(self, handles: Handles) -> Result:
         buckets = handles.buckets
-        if self.opts.http:
-            self.children.append(await start_api(self.procs, self.settings))
+        catalog = await load_catalog(handles.js, self.settings, self.opts)
+        # The api hosts the payment gateway: it runs in every mode, takes submits with --http.
+        self.children.append(await start_api(self.procs, self.settings))
         if not self.opts.preload:
             self.children += await start_nodes(self.procs, self.settings, buckets, self.opts.nodes)
         for child in self.children:
@@ -339,14 +395,17 @@ class Run:
         self.watch("bench", os.getpid())
         sampling = asyncio.create_task(self.sampler.run(), name="rss-sampler")
         try:
-            return await self._measure(handles)
+            async with CatalogCache(catalog) as prices:  # what the api prices submits from
+                async with asyncio.timeout(READY_TIMEOUT):
+                    await prices.loaded.wait()
+                return await self._measure(handles, prices)
         finally:
             self.sampler.stop()
             await sampling
             if self.profiler is not None:
                 self.profiler.stop()
 
-    async def _measure(self, handles: Handles) -> Result:
+    async def _measure(self, handles: Handles, prices: CatalogCache) -> Result:
         opts = self.opts
         js, buckets, store = handles.js, handles.buckets, handles.store
         self.cpu.start()
@@ -354,7 +413,7 @@ class Run:
         start = time.monotonic()
         if not opts.http:
             faults = self.settings.fault_injection
-            submit = direct_submitter(handles.intake, opts, start, fault_injection=faults)
+            submit = direct_submitter(handles.intake, prices, opts, start, fault_injection=faults)
         elif opts.client == "httpx":
             submit = httpx_submitter(self.settings.api_port, opts, start)
         else:
@@ -432,6 +491,8 @@ def _result(
         step_seconds=opts.step_seconds,
         failure_rate=opts.failure_rate,
         preload=opts.preload,
+        products=opts.products,
+        payment_delay=opts.payment_delay,
         accepted=len(state.ids),
         submit_errors=dict(state.errors),
         completed=sum(o.status == "completed" for o in orders),
@@ -465,9 +526,10 @@ def _result(
 
 def report(r: Result, opts: Options) -> str:
     """The human-readable result; ``--json`` adds the same numbers as one line."""
-    shared = "nats-server, " + (f"1 api, {r.nodes}" if opts.http else str(r.nodes))
+    shared = f"nats-server, 1 api, {r.nodes}"
     ratio = "n/a (D = 0)" if r.utilization is None else f"{r.utilization:.3f}"
     theory = "unbounded (D = 0)" if r.theoretical_per_s is None else f"{r.theoretical_per_s:.1f}"
+    order_time = "4 x D" + (" + payment delay" if r.payment_delay else "")
     window = "first step start" if r.preload else "first submit"
     steady_ratio = (
         f" (10th-90th percentile completions: {r.steady_per_s / r.theoretical_per_s:.3f})"
@@ -491,13 +553,14 @@ def report(r: Result, opts: Options) -> str:
         f"orderflow throughput ({r.mode} submit{', preloaded' if r.preload else ''})",
         f"  machine      {r.cpus} CPUs shared by {shared} node process(es) and this load generator",
         f"  config       K={r.nodes} nodes, C={r.concurrency}, D={r.step_seconds:g}s, "
-        f"failure rate {r.failure_rate:g}, {opts.clients} submitters",
+        f"failure rate {r.failure_rate:g}, {opts.clients} submitters; shop: {r.products} "
+        f"products, payment verdict after {r.payment_delay:g}s",
         f"  submitted    {r.accepted} accepted in {r.submit_seconds:.2f}s "
         f"({r.submit_per_s:.0f}/s), errors: {r.submit_errors or 'none'}",
         f"  done         {r.completed} completed, {r.failed} failed, "
         f"window {r.window_seconds:.2f}s ({window} -> last terminal)",
         f"  orders/s     {r.orders_per_s:.1f}",
-        f"  theoretical  {theory} orders/s = K x C / (4 x D)",
+        f"  theoretical  {theory} orders/s = K x C / ({order_time})",
         f"  utilization  {ratio}{steady_ratio}",
         f"  latency      end-to-end p50 {r.latency_p50:.3f}s p99 {r.latency_p99:.3f}s; "
         f"first step -> terminal p50 {r.in_node_p50:.3f}s p99 {r.in_node_p99:.3f}s",
@@ -558,6 +621,16 @@ def parse_args(argv: list[str] | None = None) -> Options:
         metavar="DIR",
         help="py-spy record the node, api and bench processes into DIR",
     )
+    p.add_argument(
+        "--products", type=int, default=10, help="products of the benchmark catalog (default 10)"
+    )
+    p.add_argument(
+        "--payment-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="the simulated gateway's verdict delay (default 0: the payment machinery only)",
+    )
     p.add_argument("--json", action="store_true", help="also print one JSON result line")
     p.add_argument(
         "--wait-quiet",
@@ -568,13 +641,17 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     a = p.parse_args(argv)
     step = 0.0 if a.overhead else a.step_seconds
-    if a.nodes < 1 or a.concurrency < 1 or step < 0:
-        p.error("--nodes and --concurrency must be >= 1, --step-seconds >= 0")
+    if a.nodes < 1 or a.concurrency < 1 or step < 0 or a.products < 1 or a.payment_delay < 0:
+        p.error(
+            "--nodes, --concurrency and --products must be >= 1, "
+            "--step-seconds and --payment-delay >= 0"
+        )
     slots = a.nodes * a.concurrency
     # A whole number of "rounds" (every slot busy once): a partial last round would idle slots.
-    rounds = max(1, round(TARGET_SECONDS / (STEPS * step))) if step > 0 else 0
+    order_seconds = STEPS * step + a.payment_delay
+    rounds = max(1, round(TARGET_SECONDS / order_seconds)) if step > 0 else 0
     orders = a.orders or (slots * rounds if step > 0 else 20_000)
-    expected = orders / (slots / (STEPS * step) if step > 0 else 500.0)
+    expected = orders / (slots / order_seconds if step > 0 else 500.0)
     return Options(
         nodes=a.nodes,
         orders=orders,
@@ -593,6 +670,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         json=a.json,
         profile=a.profile,
         wait_quiet=a.wait_quiet,
+        products=a.products,
+        payment_delay=a.payment_delay,
     )
 
 

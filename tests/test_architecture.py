@@ -15,10 +15,13 @@ ROOT: Final = Path(__file__).resolve().parent.parent
 
 # Lowest first: a module may import its own subpackage and any listed before it.
 LAYERS: Final = (
-    "core", "broker", "security", "orders", "cluster", "shop", "worker", "ops", "local", "cli",
+    "core", "broker", "security", "orders", "readmodel", "cluster", "shop", "worker", "ops",
+    "local", "cli",
 )  # fmt: skip
 # What the HTTP edge may use: the domain, never the worker engine or the process wiring.
-API_MAY_IMPORT: Final = frozenset({"core", "broker", "security", "orders", "cluster", "shop"})
+API_MAY_IMPORT: Final = frozenset(
+    {"core", "broker", "security", "orders", "readmodel", "cluster", "shop"}
+)
 # Process entry points parse the command line like ``orderflow`` does.
 ENTRY_POINTS: Final = {"api.__main__": frozenset({"cli"}), "nodeapp.__main__": frozenset({"cli"})}
 MAX_MODULE_LINES: Final = 330

@@ -50,6 +50,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     admin_token: str = ""  # empty: no bootstrap admin; set, it must be >= 32 characters
     rate_limit: float = 200.0  # requests per second per token, burst twice that
     token: str = ""
+    # The read side (nodeapp.readmodel): the api's local SQLite projection of the orders bucket,
+    # one file per api process; a relative path is taken from the process's working directory.
+    read_db: str = "orderflow-read.db"
 
     def __repr__(self) -> str:
         """Secrets never reach a log line or an error message through ``repr``."""
@@ -87,6 +90,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             (_http_or_empty(self.payment_url), "ORDERFLOW_PAYMENT_URL", HTTP_URL),
             (_http_or_empty(self.notify_webhook), "ORDERFLOW_NOTIFY_WEBHOOK", HTTP_URL),
             (bool(self.nats_servers), "NATS_URL", "must name at least one server"),
+            (_file_path(self.read_db), "ORDERFLOW_READ_DB", "must be a file path (not :memory:)"),
             (
                 self.log_format in ("json", "console"),
                 "ORDERFLOW_LOG_FORMAT",
@@ -112,6 +116,12 @@ def _token_or_empty(token: str, min_length: int) -> bool:
 def _http_or_empty(url: str) -> bool:
     parts = urlsplit(url)
     return not url or (parts.scheme in ("http", "https") and bool(parts.netloc))
+
+
+def _file_path(path: str) -> bool:
+    """The read model has a writer and a reader connection: an in-memory database would give
+    each its own empty one."""
+    return bool(path.strip()) and path != ":memory:" and not path.startswith("file:")
 
 
 def _bool(raw: str) -> bool:
@@ -153,6 +163,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ORDERFLOW_ADMIN_TOKEN": ("admin_token", str),
     "ORDERFLOW_RATE_LIMIT": ("rate_limit", float),
     "ORDERFLOW_TOKEN": ("token", str),
+    "ORDERFLOW_READ_DB": ("read_db", str),
 }
 
 FIELD_TO_ENV = {field: name for name, (field, _) in ENV.items()}
