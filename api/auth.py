@@ -42,6 +42,7 @@ from api.responses import AnyRequest
 from nodeapp.core.errors import BrokerUnavailable, Forbidden, RateLimited, Unauthenticated
 from nodeapp.security.ratelimit import RateLimiter
 from nodeapp.security.scopes import Principal, parse_scopes
+from nodeapp.security.verify import bearer_token
 from nodeapp.shop.payment_messages import CALLBACK_PATH, SIM_PREFIX
 
 log = logging.getLogger("orderflow.api.auth")
@@ -60,17 +61,6 @@ class Verifier(Protocol):
     """What the middleware asks (``TokenCache``; a test may bring its own)."""
 
     async def verify(self, presented: str | None) -> Principal: ...
-
-
-def bearer_token(header: str | None) -> str | None:
-    """The token of ``Authorization: Bearer <token>``, None without the header;
-    ``Unauthenticated("malformed")`` for another scheme or an empty token."""
-    if header is None:
-        return None
-    scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("malformed")
-    return token.strip()
 
 
 class BearerAuth(AbstractAuthenticationMiddleware):

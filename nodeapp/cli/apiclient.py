@@ -53,7 +53,7 @@ class ApiProblem(OrderflowError):
         return cls(response.status_code, detail, errors)
 
 
-def bearer_token(settings: Settings) -> str:
+def token_to_send(settings: Settings) -> str:
     """The token CLI commands send: ``ORDERFLOW_TOKEN``, else ``ORDERFLOW_ADMIN_TOKEN`` (a
     machine that runs the cluster and the CLI), else none (the api will answer 401)."""
     return settings.token or settings.admin_token

@@ -25,7 +25,7 @@ from urllib.parse import quote, urlsplit
 import msgspec
 
 from nodeapp.cli import catalog, tokens
-from nodeapp.cli.apiclient import ApiClient, ApiProblem, ApiUnreachable, bearer_token
+from nodeapp.cli.apiclient import ApiClient, ApiProblem, ApiUnreachable, token_to_send
 from nodeapp.cli.inspection import inspect_at
 from nodeapp.cli.render import (
     cluster_text,
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if name in DIRECT:
             return DIRECT[name](args, settings)
-        with ApiClient(api_url, bearer_token(settings)) as api:
+        with ApiClient(api_url, token_to_send(settings)) as api:
             return COMMANDS[name](api, args)
     except ApiUnreachable as exc:
         return _fail(name, f"{exc} (is `orderflow api` running? set --api-url)", EXIT_UNAVAILABLE)
@@ -118,7 +118,7 @@ def _exit_code(status: int) -> int:
 def _refused_text(exc: ApiProblem, settings: Settings) -> str:
     """One line for a 401 or 403 that says which token was sent (by variable, never its text)
     and what to do about it."""
-    token = bearer_token(settings)
+    token = token_to_send(settings)
     sent = "ORDERFLOW_TOKEN" if settings.token else "ORDERFLOW_ADMIN_TOKEN"
     detail = exc.detail.replace(token, "***") if token else exc.detail  # never echoed; still
     if exc.status == 403:

@@ -25,22 +25,11 @@ from nodeapp.security.bucket import TOKENS_BUCKET
 from nodeapp.security.scopes import OPS
 from nodeapp.security.store import TokenStore, utcnow
 from nodeapp.security.tokens import StoredToken
-from nodeapp.security.verify import admin_token, verify
+from nodeapp.security.verify import admin_token, bearer_token, verify
 
 log = logging.getLogger("orderflow.ops")
 
 BEARER: Final = (("WWW-Authenticate", "Bearer"),)
-
-
-def bearer(header: str | None) -> str | None:
-    """The token of ``Authorization: Bearer <token>``; None without the header;
-    ``Unauthenticated("malformed")`` for another scheme or an empty token."""
-    if header is None:
-        return None
-    scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("malformed")
-    return token.strip()
 
 
 class OpsGuard:
@@ -53,7 +42,7 @@ class OpsGuard:
 
     async def refusal(self, request: Request, what: str) -> Response | None:
         try:
-            presented = bearer(request.header("authorization"))
+            presented = bearer_token(request.header("authorization"))
             principal = await verify(presented, self._lookup, self._admin, utcnow())
         except Unauthenticated as exc:
             self._refused(what, exc.reason, exc.token_id)

@@ -73,3 +73,15 @@ async def verify(
         return ADMIN_PRINCIPAL
     token_id, secret = parse_token(presented)
     return check_stored(await lookup(token_id), token_id, secret, now)
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of ``Authorization: Bearer <token>`` (the api and a node's ops listener both
+    read it here); None without the header; ``Unauthenticated("malformed")`` for another
+    scheme or an empty token."""
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("malformed")
+    return token.strip()
