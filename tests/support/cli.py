@@ -35,7 +35,12 @@ class Cli:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+        except TimeoutError:
+            proc.kill()  # a hung command must not outlive its test
+            await proc.wait()
+            raise
         assert proc.returncode is not None
         run = Run(proc.returncode, out.decode(), err.decode())
         assert "Traceback" not in run.err, run.err
