@@ -38,15 +38,6 @@ class Recorded(msgspec.Struct, frozen=True):
     created: bool
 
 
-async def record(kv: KeyValue, body: bytes, header: str | None, secret: bytes) -> Recorded:
-    """Verify ``body`` against its ``Orderflow-Signature`` ``header`` and record it once.
-
-    ``BadSignature`` (also when no secret is configured: an empty key would let anyone sign),
-    ``InvalidPaymentMessage``, ``PaymentConflict``, ``BrokerUnavailable``.
-    """
-    return await store(kv, verified(body, header, secret))
-
-
 def verified(body: bytes, header: str | None, secret: bytes) -> PaymentCallback:
     """The callback in ``body`` once its signature holds; nothing is decoded before that."""
     if not secret:

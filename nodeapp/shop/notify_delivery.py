@@ -100,7 +100,9 @@ class Deliveries:
             return
         ids.update(order_id=note.order_id, kind=note.kind)
         before = await read_state(self.kv, note.order_id, note.kind)
-        if before is not None and before.state == "delivered":
+        # Final states: a re-publish after the dedup window (a finished order's message coming
+        # back) must neither send a delivered notification again nor restart a dead one.
+        if before is not None and before.state in ("delivered", "dead", "skipped"):
             self._count("duplicate", ids)
             await self._settle(msg, ids, "ack")
             return
