@@ -36,7 +36,6 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.paths import HEALTHZ, READYZ, SCHEMA
 from api.problems import AUTH_EXCEPTION_HANDLERS as AUTH_EXCEPTION_HANDLERS  # re-exported
-from api.problems import BEARER as BEARER
 from api.problems import send_problem
 from api.responses import AnyRequest
 from nodeapp.core.errors import BrokerUnavailable, Forbidden, RateLimited, Unauthenticated

@@ -109,7 +109,9 @@ class TokenCache:
 
     async def _lookup(self, token_id: str) -> StoredToken | None:
         cached = self._entries.get(token_id)
-        if cached is not None and self._clock() - cached.seen < self._max_age:
+        # While the watcher follows the bucket the cache is current: no read per request.
+        # Without it, an entry is trusted for ``max_age`` and then read again.
+        if cached is not None and (self._following or self._clock() - cached.seen < self._max_age):
             return cached.token
         if not is_token_id(token_id):
             return None
