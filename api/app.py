@@ -29,6 +29,7 @@ from api.problems import EXCEPTION_HANDLERS
 from api.routes import ROUTE_HANDLERS
 from api.routes.metrics import metrics as metrics_route
 from api.routes.payments import inbox_dependency
+from api.streams import STREAMS_KEY, LiveStreams
 from api.tracing import tracing_middleware, tracing_plugin
 from nodeapp import __version__
 from nodeapp.core.settings import Settings
@@ -52,9 +53,12 @@ def create_app(settings: Settings, *, traced: bool | None = None) -> Litestar:
     traced = recording() if traced is None else traced
     handlers: list[ControllerRouterHandler] = [*ROUTE_HANDLERS, metrics_route]
     tokens = TokenCache(link.jetstream, settings)  # follows the tokens bucket once linked
+    streams = LiveStreams()  # the open event streams; api.server ends them on a stop
+    metrics.registry.register(streams)
     lifespan: list[Callable[[Litestar], AbstractAsyncContextManager[Any]]] = [
         link.lifespan,
         tokens.lifespan,  # after the link's: the watcher stops before the link drains
+        streams.lifespan,  # after the link's: the streams' watches stop before it drains
     ]
     if not settings.payment_url:  # nodes pay here: ORDERFLOW_API_URL + /sim/payments
         gateway = Gateway(settings, link.gateway_bucket)
@@ -64,7 +68,7 @@ def create_app(settings: Settings, *, traced: bool | None = None) -> Litestar:
     return Litestar(
         route_handlers=handlers,
         dependencies=inbox_dependency(inbox),
-        state=State({STATE_KEY: link, METRICS_KEY: metrics}),
+        state=State({STATE_KEY: link, METRICS_KEY: metrics, STREAMS_KEY: streams}),
         middleware=[
             metrics.middleware,  # outermost: refused requests (401, 403, 429) are measured too
             *([tracing_middleware()] if traced else []),

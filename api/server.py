@@ -2,7 +2,9 @@
 
 uvicorn's own signal capture re-raises the signal once it has shut down, which turns a clean
 SIGTERM into exit status 143; here the signal only sets an event, the server drains in-flight
-requests and runs the lifespan shutdown (the broker link drains), and ``serve`` returns.
+requests and runs the lifespan shutdown (the broker link drains), and ``serve`` returns. The
+open event streams are ended first: uvicorn would wait for them (``GRACEFUL_SECONDS``) before
+the lifespan shutdown could.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from typing import Final
 
 import uvicorn
 import uvloop
+from litestar import Litestar
 
 from api.app import create_app
+from api.streams import close_streams
 from nodeapp.core.serving import SIGNALS, QuietServer
 from nodeapp.core.settings import Settings
 from nodeapp.core.tracing import configure_tracing, shutdown_tracing
@@ -21,9 +25,9 @@ from nodeapp.core.tracing import configure_tracing, shutdown_tracing
 GRACEFUL_SECONDS: Final = 10
 
 
-def build_server(settings: Settings) -> uvicorn.Server:
+def build_server(settings: Settings, app: Litestar) -> uvicorn.Server:
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.api_host,
         port=settings.api_port,
         loop="uvloop",
@@ -39,7 +43,8 @@ def build_server(settings: Settings) -> uvicorn.Server:
 
 async def serve_async(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Serve until ``stop`` is set; without one, until SIGTERM or SIGINT (a second one forces)."""
-    server = build_server(settings)
+    app = create_app(settings)
+    server = build_server(settings, app)
     loop = asyncio.get_running_loop()
     own_signals = stop is None
     stopping = stop if stop is not None else asyncio.Event()
@@ -56,6 +61,7 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None) -> 
     async def exit_when_stopping() -> None:
         await stopping.wait()
         server.should_exit = True
+        close_streams(app)  # else uvicorn waits for them before the lifespan shutdown
 
     watcher = asyncio.create_task(exit_when_stopping(), name="orderflow-api-stop")
     try:

@@ -77,7 +77,7 @@ async def test_submit_watch_get_and_history_of_a_completed_order(
     order_id = submitted.json()["order_id"]
     assert submitted.json()["status"] == "accepted"
 
-    # Steps slow enough for the watch (polling every 50 ms) to see them go by.
+    # The watch follows the event stream: one line per stored revision.
     async with running_node(msgspec.structs.replace(api_settings, step_seconds=0.3), "node-c"):
         watched = await cli("order", "watch", order_id, "--interval", "0.05")
     assert watched.code == 0, watched.err

@@ -9,7 +9,7 @@ from datetime import datetime
 import msgspec
 from nats.js.kv import KeyValue
 
-from nodeapp.broker.kv import each_entry, latest_values, live_keys, stored_at
+from nodeapp.broker.kv import KeyFollower, each_entry, latest_values, live_keys, stored_at
 from nodeapp.orders.handles import Handles
 
 _as_int = msgspec.json.Decoder(int)
@@ -57,3 +57,40 @@ async def test_each_entry_gives_every_revision_of_a_key_in_order(broker: Handles
     assert all(isinstance(stored_at(e), datetime) for e in history)  # nats-py keeps its type
     assert [e.operation for e in await _entries(kv, "k", include_history=False)] == ["DEL"]
     assert await _entries(kv, "never-written", include_history=True) == []
+
+
+async def _following(follower: KeyFollower, count: int) -> list[tuple[int | None, str | None]]:
+    """The next ``count`` entries as (revision, operation)."""
+    out = []
+    for _ in range(count):
+        entry = await follower.next()
+        assert entry is not None
+        out.append((entry.revision, entry.operation))
+    return out
+
+
+async def test_a_key_follower_gives_the_latest_then_each_new_entry_or_resumes_after_one(
+    broker: Handles,
+) -> None:
+    kv = await _bucket(broker)
+    stored = [await kv.put("k", msgspec.json.encode(value)) for value in range(3)]
+    follower = await KeyFollower.start(kv, "k")
+    try:
+        assert await _following(follower, 1) == [(stored[-1], None)]
+        stored.append(await kv.put("k", b"3"))
+        await kv.put("other", b"0")  # another key: not followed
+        await kv.delete("k")
+        (put, _), (deleted, operation) = await _following(follower, 2)
+        assert (put, operation) == (stored[-1], "DEL")
+        assert (deleted or 0) > stored[-1]
+    finally:
+        await follower.stop()
+    assert follower.stopped
+    assert await follower.next() is None  # stopped: a reader waiting on it is let go
+
+    resumed = await KeyFollower.start(kv, "k", after=stored[0])
+    try:
+        assert [r for r, _ in await _following(resumed, 4)] == [*stored[1:], deleted]
+    finally:
+        await resumed.stop()
+        await resumed.stop()  # a second stop does nothing

@@ -43,6 +43,7 @@ from tests.support.waiting import wait_for
 
 GHOST: Final = "ghost"  # a registered node whose drain subject the test answers
 PRODUCT: Final = "sku-1"
+NO_ORDER: Final = "01ARZ3NDEKTSV4RRFFQ69G5FAV"  # a well-formed order id that names no order
 OPEN_PREFIXES: Final = ("/healthz", "/readyz", "/schema", "/payments/callback", "/sim/payments")
 
 
@@ -65,6 +66,9 @@ class Route(NamedTuple):
 ROUTES: Final = [
     Route("POST", "/orders", ORDERS_WRITE, ORDERS_READ, 202, order_body()),
     Route("GET", "/orders/{order}", ORDERS_READ, ORDERS_WRITE, 200),
+    # A live order's stream does not end, and httpx's in-process transport answers only once it
+    # has: the stream of an order that does not exist stands in (its 200: tests/test_events.py).
+    Route("GET", f"/orders/{NO_ORDER}/events", ORDERS_READ, ORDERS_WRITE, 404),
     Route("GET", "/orders/{order}/history", ORDERS_READ, CATALOG_WRITE, 200),
     Route("GET", "/orders/{order}/history", OPS, ORDERS_WRITE, 200),
     Route("GET", "/orders/{order}/notifications", ORDERS_READ, OPS, 200),
@@ -211,7 +215,12 @@ async def test_the_scope_is_checked_before_the_order_is_looked_up(
 ) -> None:
     writer = await mint_token(broker, settings, ORDERS_WRITE)
     async with client_as(api, writer) as client:
-        for path in ("/orders/no-such-order", "/orders/no-such-order/history", "/dlq"):
+        for path in (
+            "/orders/no-such-order",
+            "/orders/no-such-order/history",
+            "/orders/no-such-order/events",
+            "/dlq",
+        ):
             assert_problem(await client.get(path), 403)
         assert_problem(await client.put("/products/nope", json={"name": "n", "price": "1"}), 403)
 

@@ -2,6 +2,7 @@
 
 from api.routes.cluster import drain_node, get_cluster, get_node
 from api.routes.dlq import get_dead_letters, replay_dead_letter
+from api.routes.events import order_events
 from api.routes.health import healthz, readyz
 from api.routes.history import get_order_history
 from api.routes.notifications import get_order_notifications
@@ -12,6 +13,7 @@ from api.routes.products import adjust_stock, get_product, list_products, put_pr
 ROUTE_HANDLERS = [
     submit_order,
     get_order,
+    order_events,
     get_order_history,
     get_order_notifications,
     list_products,
@@ -41,6 +43,7 @@ __all__ = [
     "get_product",
     "healthz",
     "list_products",
+    "order_events",
     "payment_callback",
     "put_product",
     "readyz",

@@ -1,4 +1,5 @@
-"""Reading a KV bucket whole: every entry up to now by watch, and the keys that hold a value.
+"""Reading a KV bucket whole: every entry up to now by watch, and the keys that hold a value;
+following one key live (``KeyFollower``).
 
 nats-py's watcher announces "no more values" (a ``None`` entry) from a consumer-info request
 that races the deliveries, so the marker can come before the stored values do (often on a
@@ -13,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator, Container
 from datetime import datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import msgspec
 import nats.js.errors
@@ -24,6 +25,9 @@ from nodeapp.broker.connection import broker_errors
 
 ALL_KEYS: Final = ">"
 WATCH_STALL: Final = 10.0  # seconds without an entry before a read gives up
+# Seconds the broker keeps a follower's consumer once nobody listens (nats-py's default is
+# 5 minutes); the server's own default for an ephemeral consumer.
+FOLLOW_CLEANUP: Final = 5.0
 
 T = TypeVar("T")
 
@@ -129,3 +133,60 @@ async def live_keys(js: JetStreamContext, kv: KeyValue) -> list[str]:
                 continue
             keys.append(key)
     return keys
+
+
+class KeyFollower:
+    """One key's entries as they are stored, each one, in order, for as long as it runs.
+
+    It starts with the key's latest entry, or, given ``after`` (a revision the reader already
+    has), with every kept revision newer than that: the bucket's history, so a reader that
+    resumes misses nothing the bucket still holds. A watch (an ordered push consumer) delivers
+    every later write, none skipped, none twice; nothing polls. ``stop()`` unsubscribes and
+    makes a pending ``next()`` return None; the broker deletes the consumer ``FOLLOW_CLEANUP``
+    seconds later.
+    """
+
+    def __init__(self, watcher: Any, after: int | None) -> None:
+        self._watcher = watcher  # nats-py's KeyWatcher, untyped
+        self._after = after
+        self._stopped = False
+
+    @classmethod
+    async def start(
+        cls,
+        kv: KeyValue,
+        key: str,
+        *,
+        after: int | None = None,
+        cleanup: float = FOLLOW_CLEANUP,
+    ) -> KeyFollower:
+        """Subscribe now, so a broker failure is raised here (``BrokerUnavailable``), before
+        the caller has promised anything to its own reader."""
+        with broker_errors(f"following {key!r}"):
+            watcher = await kv.watch(
+                key, include_history=after is not None, inactive_threshold=cleanup
+            )
+        return cls(watcher, after)
+
+    async def next(self) -> KeyValue.Entry | None:
+        """The next entry (a delete or purge marker is one too: ``operation`` set); None once
+        stopped. Safe to cancel: an entry not yet taken stays for the next call."""
+        async for entry in self._watcher:  # ends when stop() is called
+            if entry is None:  # nats-py's "no more stored values" marker: not an entry
+                continue
+            if self._after is not None and (entry.revision or 0) <= self._after:
+                continue
+            return cast(KeyValue.Entry, entry)
+        return None
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    async def stop(self) -> None:
+        """Unsubscribe (once; later calls do nothing)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        with broker_errors("stopping a key follower"):
+            await self._watcher.stop()

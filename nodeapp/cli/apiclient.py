@@ -10,6 +10,8 @@ turned into two errors the CLI can explain (and map to exit codes).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -94,6 +96,23 @@ class ApiClient:
         if response.status_code >= 400:
             raise ApiProblem.from_response(response)
         return response
+
+    @contextlib.contextmanager
+    def stream(
+        self, path: str, headers: Mapping[str, str], read_timeout: float
+    ) -> Iterator[httpx.Response]:
+        """``GET path`` with its body left to read as it comes (``iter_lines``); each read
+        waits ``read_timeout`` at most. ``ApiUnreachable`` when there is no answer, or when the
+        connection breaks or stalls while the body is read; ``ApiProblem`` for a 4xx/5xx."""
+        timeout = httpx.Timeout(self._http.timeout.connect, read=read_timeout)
+        try:
+            with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiProblem.from_response(response)
+                yield response
+        except httpx.TransportError as exc:
+            raise ApiUnreachable(self.base_url, str(exc) or type(exc).__name__) from None
 
     @staticmethod
     def decode(response: httpx.Response, kind: type[T]) -> T:

@@ -33,8 +33,8 @@ from nodeapp.cli.render import (
     history_text,
     inspection_text,
     order_text,
-    watch_line,
 )
+from nodeapp.cli.watch import TimedOut, watch
 from nodeapp.cluster.control import DrainReply
 from nodeapp.cluster.dead_letter_admin import DeadLetterPage, Replayed
 from nodeapp.cluster.membership import Heartbeat
@@ -42,7 +42,7 @@ from nodeapp.cluster.view import ClusterView
 from nodeapp.core.errors import BrokerUnavailable, OrderflowError
 from nodeapp.core.settings import Settings
 from nodeapp.orders.model import Order, encode, utcnow
-from nodeapp.orders.timeline import Revision, describe, newest_time
+from nodeapp.orders.timeline import Revision
 
 EXIT_NOT_FOUND: Final = 1
 EXIT_USAGE: Final = 2
@@ -197,30 +197,13 @@ def _history(api: ApiClient, args: argparse.Namespace) -> int:
 
 
 def _watch(api: ApiClient, args: argparse.Namespace) -> int:
-    """Poll until the order ends, printing each change (several steps may show at once)."""
-    deadline = time.monotonic() + args.timeout
-    seen: Order | None = None
-    while True:
-        order = api.get(_path("orders", args.order_id), Order)
-        if seen is None or order.revision != seen.revision:
-            transition = describe(seen, order) if seen else f"{order.status} ({order.current_step})"
-            line = (
-                encode(order).decode()
-                if args.json
-                else watch_line(order, newest_time(order), transition)
-            )
-            print(line, flush=True)
-            seen = order
-        if order.terminal:
-            return 0
-        if time.monotonic() >= deadline:
-            return _fail(
-                "order watch",
-                f"order {args.order_id} still {order.status} ({order.current_step}) "
-                f"after {args.timeout:g}s",
-                EXIT_TIMEOUT,
-            )
-        time.sleep(args.interval)  # polling is the contract of watch; the api has no push
+    """Follow the order's event stream until it ends (``nodeapp.cli.watch``)."""
+    try:
+        return watch(api, args)
+    except TimedOut as exc:
+        where = f"still {exc.seen.status} ({exc.seen.current_step})" if exc.seen else "not seen"
+        message = f"order {args.order_id} {where} after {args.timeout:g}s"
+        return _fail("order watch", message, EXIT_TIMEOUT)
 
 
 def _cluster(api: ApiClient, args: argparse.Namespace) -> int:

@@ -101,7 +101,9 @@ def add_commands(
     )
     watch.add_argument("order_id")
     watch.add_argument("--timeout", type=_positive, default=120.0, help="give up after (s)")
-    watch.add_argument("--interval", type=_positive, default=0.5, help="poll every (s)")
+    watch.add_argument(
+        "--interval", type=_positive, default=0.5, help="reconnect after (s) if the stream drops"
+    )
 
     sub.add_parser(
         "cluster", parents=[client], help="nodes, backlog, buckets (via the api)", epilog=EPILOG

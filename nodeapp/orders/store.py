@@ -127,8 +127,14 @@ class OrderStore:
         return out
 
 
-def _history_entry(entry: KeyValue.Entry) -> HistoryEntry:
-    order = decode_order(entry.value) if entry.value else None
+def order_at(entry: KeyValue.Entry) -> Order | None:
+    """The document a watched entry of the bucket holds, with its revision; None for a delete
+    or purge marker."""
+    order = decode_order(entry.value) if entry.value and not entry.operation else None
     if order is not None:
         order.revision = entry.revision
-    return HistoryEntry(revision=entry.revision, order=order, time=stored_at(entry))
+    return order
+
+
+def _history_entry(entry: KeyValue.Entry) -> HistoryEntry:
+    return HistoryEntry(revision=entry.revision, order=order_at(entry), time=stored_at(entry))
