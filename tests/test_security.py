@@ -64,6 +64,7 @@ class Route(NamedTuple):
 
 ROUTES: Final = [
     Route("POST", "/orders", ORDERS_WRITE, ORDERS_READ, 202, order_body()),
+    Route("GET", "/orders", ORDERS_READ, ORDERS_WRITE, 200),
     Route("GET", "/orders/{order}", ORDERS_READ, ORDERS_WRITE, 200),
     Route("GET", "/orders/{order}/history", ORDERS_READ, CATALOG_WRITE, 200),
     Route("GET", "/orders/{order}/history", OPS, ORDERS_WRITE, 200),
@@ -79,6 +80,7 @@ ROUTES: Final = [
     Route("GET", "/dlq", OPS, ORDERS_READ, 200),
     Route("POST", "/dlq/{order}/replay", OPS, ORDERS_WRITE, 404),  # not dead-lettered: no such
     Route("GET", "/metrics", OPS, CATALOG_WRITE, 200),
+    Route("GET", "/stats", OPS, ORDERS_READ, 200),
 ]  # fmt: skip
 
 
