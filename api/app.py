@@ -8,6 +8,8 @@ Every route needs a bearer token (``api.auth``) except health, readiness, the sc
 signed payment callback and the simulated gateway; each route's guard names its scope
 (DESIGN part 2, Security). Tokens are verified against a ``TokenCache`` following the
 ``tokens`` bucket, so a revocation made anywhere reaches this process within milliseconds.
+``GET /orders`` and ``GET /stats`` read the api's own SQLite read model (``api.read_side``),
+which follows the ``orders`` bucket once the link is up.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from api.broker_link import STATE_KEY, BrokerLink
 from api.metrics import METRICS_KEY, ApiMetrics
 from api.paths import SCHEMA
 from api.problems import EXCEPTION_HANDLERS
+from api.read_side import STATE_KEY as READ_SIDE_KEY
+from api.read_side import ReadSide
 from api.routes import ROUTE_HANDLERS
 from api.routes.metrics import metrics as metrics_route
 from api.routes.payments import inbox_dependency
@@ -49,7 +53,8 @@ def create_app(settings: Settings, *, traced: bool | None = None) -> Litestar:
     (no ``OTEL_EXPORTER_OTLP_ENDPOINT``) requests pay nothing for tracing.
     """
     link = BrokerLink(settings)
-    metrics = ApiMetrics(link)
+    read_side = ReadSide(link, settings.read_db)
+    metrics = ApiMetrics(link, read_side.projector)
     traced = recording() if traced is None else traced
     handlers: list[ControllerRouterHandler] = [*ROUTE_HANDLERS, metrics_route]
     tokens = TokenCache(link.jetstream, settings)  # follows the tokens bucket once linked
@@ -64,11 +69,14 @@ def create_app(settings: Settings, *, traced: bool | None = None) -> Litestar:
         gateway = Gateway(settings, link.gateway_bucket)
         handlers.append(gateway_router(gateway))
         lifespan.append(gateway.lifespan)  # after the link's: it stops before the link drains
+    lifespan.append(read_side.lifespan)  # opens once the link is up, closes before it drains
     inbox = PaymentInbox(link.payments_bucket, settings.payment_secret)
     return Litestar(
         route_handlers=handlers,
         dependencies=inbox_dependency(inbox),
-        state=State({STATE_KEY: link, METRICS_KEY: metrics, STREAMS_KEY: streams}),
+        state=State(
+            {STATE_KEY: link, READ_SIDE_KEY: read_side, METRICS_KEY: metrics, STREAMS_KEY: streams}
+        ),
         middleware=[
             metrics.middleware,  # outermost: refused requests (401, 403, 429) are measured too
             *([tracing_middleware()] if traced else []),
@@ -82,8 +90,9 @@ def create_app(settings: Settings, *, traced: bool | None = None) -> Litestar:
             title="orderflow",
             version=__version__,
             description=(
-                "Submit orders and follow them through their steps; manage the catalog and "
-                "its stock; receive the payment gateway's signed verdicts."
+                "Submit orders and follow them through their steps; list and search them; "
+                "manage the catalog and its stock; receive the payment gateway's signed "
+                "verdicts."
             ),
             path=SCHEMA,
         ),

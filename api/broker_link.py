@@ -64,6 +64,12 @@ class BrokerLink:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._linked: Linked | None = None
+        self._ready = asyncio.Event()  # set while linked
+
+    async def linked(self) -> None:
+        """Return once the link is up (at once if it is): for what must wait for the broker
+        before it starts, such as the read model."""
+        await self._ready.wait()
 
     def _up(self) -> Linked:
         linked = self._linked
@@ -144,10 +150,12 @@ class BrokerLink:
             shop = await ensure_shop_resources(handles.js, self.settings)
             async with CatalogCache(shop.catalog) as prices:
                 self._linked = _linked(handles, shop, prices, self.settings)
+                self._ready.set()
                 log.info("broker link ready", extra={"event": "api.broker_ready"})
                 try:
                     await asyncio.Event().wait()  # hold the connection until cancelled
                 finally:
+                    self._ready.clear()
                     self._linked = None
 
 

@@ -1,14 +1,17 @@
-"""The api's Prometheus metrics: orders submitted by outcome, request latency by route, backlog.
+"""The api's Prometheus metrics: orders submitted by outcome, request latency by route, backlog,
+the read model's progress and lag.
 
 The registry belongs to the app (``create_app`` makes one per app), never to the process, so
 tests can build several apps. A route-level middleware times each routed request and reads the
 submit outcome off the response (status and ``Idempotent-Replayed``), so the order routes carry
-no metrics code. The backlog is read from consumer info when Prometheus scrapes.
+no metrics code. The backlog and the read model's lag are read from the broker when Prometheus
+scrapes (``BacklogProbe``, ``ReadModelProbe``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from litestar import Request
@@ -20,6 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from api.broker_link import BrokerLink
 from api.paths import ORDERS
 from nodeapp.cluster.backlog import BacklogProbe
+from nodeapp.readmodel.probe import ReadModelProbe
+from nodeapp.readmodel.projector import Projector
 
 METRICS_KEY: Final = "metrics"
 SUBMIT: Final = ("POST", ORDERS)
@@ -40,7 +45,7 @@ def submit_outcome(status: int, replayed: bool) -> str:
 class ApiMetrics:
     """One app's registry and the series the middleware feeds."""
 
-    def __init__(self, link: BrokerLink) -> None:
+    def __init__(self, link: BrokerLink, projector: Callable[[], Projector | None]) -> None:
         self.registry = CollectorRegistry()
         self.submitted = Counter(
             "orderflow_orders_submitted",
@@ -57,6 +62,8 @@ class ApiMetrics:
         )
         self.backlog = BacklogProbe(link.jetstream)
         self.registry.register(self.backlog)
+        self.read_model = ReadModelProbe(projector)  # None until the read model opens
+        self.registry.register(self.read_model)
         self._submitted = {o: self.submitted.labels(o) for o in SUBMIT_OUTCOMES}
         # Routes are templates, so the label sets are few; resolve each child once.
         self._requests: dict[tuple[str, str, int], Any] = {}
@@ -72,6 +79,7 @@ class ApiMetrics:
 
     async def render(self) -> bytes:
         await self.backlog.refresh()
+        await self.read_model.refresh()
         return generate_latest(self.registry)
 
     @property

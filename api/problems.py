@@ -42,6 +42,7 @@ from nodeapp.core.errors import (
     PaymentNotFound,
     ProductNotFound,
     RateLimited,
+    ReadModelUnavailable,
     ResourceMissing,
     StockConflict,
     StockContention,
@@ -268,6 +269,7 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     ResourceMissing: _resource_missing,
     IdempotencyConflict: _idempotency_conflict,
     InvalidOrder: _invalid_order,
+    ReadModelUnavailable: _answer(503, "read-model-unavailable", retry_after="1"),
     # The shop's (ADR 0010).
     ProductNotFound: _answer(404),
     StockConflict: _answer(409, "stock-conflict"),

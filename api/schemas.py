@@ -34,6 +34,24 @@ class HealthStatus(msgspec.Struct, frozen=True):
     status: str
 
 
+class ReadModelLag(msgspec.Struct, frozen=True):
+    """How far this api's read model is behind the ``orders`` bucket (informative: a large lag
+    does not make the api unready, lists are just older)."""
+
+    checkpoint: int  # the last KV_orders sequence applied
+    stream_last_seq: int  # the bucket stream's last sequence
+    lag_messages: int  # revisions not applied yet
+    lag_seconds: float  # age of the oldest revision not applied yet (0 when caught up)
+    applied: int  # revisions applied since this api started (0 after a restart with no news)
+
+
+class Readiness(msgspec.Struct, frozen=True):
+    """``/readyz``'s answer when ready."""
+
+    status: str
+    read_model: ReadModelLag
+
+
 class ProblemFieldError(msgspec.Struct, frozen=True):
     field: str
     message: str

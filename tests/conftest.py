@@ -33,12 +33,14 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 @pytest.fixture
-def settings(nats_server: NatsServer) -> Settings:
+def settings(nats_server: NatsServer, tmp_path: Path) -> Settings:
     """Fast settings for tests: short steps, no random failures, short ack wait and lease; the
-    api's bootstrap admin token is ``TEST_ADMIN_TOKEN`` (its clients send it by default)."""
+    api's bootstrap admin token is ``TEST_ADMIN_TOKEN`` (its clients send it by default); the
+    api's read model in the test's own folder, never the repository."""
     return load_settings(
         {},
         nats_url=nats_server.url,
+        read_db=str(tmp_path / "read.db"),
         step_seconds=0.05,
         failure_rate=0.0,
         ack_wait=2.0,

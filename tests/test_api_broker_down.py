@@ -61,11 +61,21 @@ async def _submit_succeeds(client: httpx.AsyncClient) -> str | None:
     return order_id
 
 
+async def _listed(client: httpx.AsyncClient, order_id: str) -> bool:
+    response = await client.get("/orders")
+    assert response.status_code == 200, response.text
+    return order_id in [o["order_id"] for o in response.json()["orders"]]
+
+
 async def test_broker_stop_gives_503_and_recovery_resumes_service(
     api: httpx.AsyncClient, broker: Handles, nats_server: NatsServer
 ) -> None:
+    before = await _submit_succeeds(api)
+    assert before is not None
+    await wait_for(lambda: _listed(api, before), 10)
     await asyncio.to_thread(nats_server.stop)
     await _assert_unavailable(api)
+    assert await _listed(api, before)  # the read model answers from its file meanwhile
     for _ in range(3):  # repeated attempts while down stay prompt too
         response, elapsed = await _timed(
             lambda: api.post(
@@ -80,31 +90,46 @@ async def test_broker_stop_gives_503_and_recovery_resumes_service(
     await wait_ready(api)
 
     # Only the order accepted after recovery exists: the 503 answers left nothing behind.
-    assert await order_keys(broker) == [order_id]
-    assert await work_messages(broker) == 1
+    assert sorted(await order_keys(broker)) == sorted([before, order_id])
+    assert await work_messages(broker) == 2
     assert (await api.get(f"/orders/{order_id}")).status_code == 200
+    await wait_for(lambda: _listed(api, order_id), 15)  # the projection resumed
 
 
 async def test_api_starts_without_a_broker_and_connects_when_it_appears(tmp_path: Path) -> None:
     port = free_port()
     settings: Settings = load_settings(
-        {}, nats_url=f"nats://127.0.0.1:{port}", request_timeout=1.0, admin_token=TEST_ADMIN_TOKEN
+        {},
+        nats_url=f"nats://127.0.0.1:{port}",
+        request_timeout=1.0,
+        admin_token=TEST_ADMIN_TOKEN,
+        read_db=str(tmp_path / "read.db"),
     )
     async with running_api(settings) as client:
         await _assert_unavailable(client)
+        not_open = assert_problem(await client.get("/orders"), 503)  # nothing to read yet
+        assert not_open["type"].endswith("/read-model-unavailable")
         server = await asyncio.to_thread(NatsServer(tmp_path / "late", port=port).start)
         try:
             await wait_ready(client, within=30)
             async with broker_handles(settings, "tests") as handles:
                 await load_test_catalog(handles, settings)  # a new broker: an empty catalog
-            assert await _submit_succeeds(client) is not None
+            order_id = await _submit_succeeds(client)
+            assert order_id is not None
+            await wait_for(lambda: _listed(client, order_id), 10)  # the projector started
         finally:
             await asyncio.to_thread(server.stop)
 
 
-async def test_api_stops_cleanly_while_still_connecting() -> None:
+async def test_api_stops_cleanly_while_still_connecting(tmp_path: Path) -> None:
     url = f"nats://127.0.0.1:{free_port()}"
-    settings = load_settings({}, nats_url=url, request_timeout=1.0, admin_token=TEST_ADMIN_TOKEN)
+    settings = load_settings(
+        {},
+        nats_url=url,
+        request_timeout=1.0,
+        admin_token=TEST_ADMIN_TOKEN,
+        read_db=str(tmp_path / "read.db"),
+    )
     async with running_api(settings) as client:
         await _assert_unavailable(client)
     # Leaving the lifespan cancelled the pending connect; warnings are errors in this suite,

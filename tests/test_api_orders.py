@@ -152,7 +152,10 @@ async def test_health_and_readiness(api: httpx.AsyncClient) -> None:
     assert (await api.get("/healthz")).json() == {"status": "ok"}
     ready = await api.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready"}
+    assert ready.json()["status"] == "ready"
+    assert set(ready.json()["read_model"]) == {
+        "checkpoint", "stream_last_seq", "lag_messages", "lag_seconds", "applied",
+    }  # fmt: skip
 
 
 async def test_readiness_names_a_missing_resource(api: httpx.AsyncClient, broker: Handles) -> None:

@@ -65,6 +65,7 @@ class Route(NamedTuple):
 
 ROUTES: Final = [
     Route("POST", "/orders", ORDERS_WRITE, ORDERS_READ, 202, order_body()),
+    Route("GET", "/orders", ORDERS_READ, ORDERS_WRITE, 200),
     Route("GET", "/orders/{order}", ORDERS_READ, ORDERS_WRITE, 200),
     # A live order's stream does not end, and httpx's in-process transport answers only once it
     # has: the stream of an order that does not exist stands in (its 200: tests/test_events.py).
@@ -83,6 +84,7 @@ ROUTES: Final = [
     Route("GET", "/dlq", OPS, ORDERS_READ, 200),
     Route("POST", "/dlq/{order}/replay", OPS, ORDERS_WRITE, 404),  # not dead-lettered: no such
     Route("GET", "/metrics", OPS, CATALOG_WRITE, 200),
+    Route("GET", "/stats", OPS, ORDERS_READ, 200),
 ]  # fmt: skip
 
 

@@ -5,13 +5,16 @@ from api.routes.dlq import get_dead_letters, replay_dead_letter
 from api.routes.events import order_events
 from api.routes.health import healthz, readyz
 from api.routes.history import get_order_history
+from api.routes.listing import list_orders
 from api.routes.notifications import get_order_notifications
 from api.routes.orders import get_order, submit_order
 from api.routes.payments import payment_callback
 from api.routes.products import adjust_stock, get_product, list_products, put_product
+from api.routes.stats import order_stats
 
 ROUTE_HANDLERS = [
     submit_order,
+    list_orders,
     get_order,
     order_events,
     get_order_history,
@@ -26,6 +29,7 @@ ROUTE_HANDLERS = [
     drain_node,
     get_dead_letters,
     replay_dead_letter,
+    order_stats,
     healthz,
     readyz,
 ]
@@ -42,8 +46,10 @@ __all__ = [
     "get_order_notifications",
     "get_product",
     "healthz",
+    "list_orders",
     "list_products",
     "order_events",
+    "order_stats",
     "payment_callback",
     "put_product",
     "readyz",

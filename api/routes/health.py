@@ -1,7 +1,11 @@
 """``/healthz`` (the process is alive) and ``/readyz`` (it can take orders right now).
 
-Readiness checks the broker link and that every resource the api relies on exists, each request
-bounded by ``request_timeout`` so a load balancer gets its answer within seconds when NATS is away.
+Readiness checks the broker link, that every resource the api relies on exists and that the
+read model is open and following the bucket, each request bounded by ``request_timeout`` so a
+load balancer gets its answer within seconds when NATS is away. The read model's lag is in the
+answer but never makes it 503 (ADR 0012): a replica catching up, after its file was deleted
+say, still takes orders; one whose file cannot be opened or whose projection stopped with an
+error would serve stale lists until someone acts, so it says 503 and why.
 """
 
 from __future__ import annotations
@@ -17,19 +21,20 @@ from nats.js import JetStreamContext
 
 from api.broker_link import broker_link
 from api.paths import HEALTHZ, READYZ
-from api.responses import JSON, AnyRequest
+from api.read_side import ReadSide, read_side
+from api.responses import JSON, AnyRequest, json_response
 from api.routes.openapi import json_spec, problem_spec
-from api.schemas import HealthStatus
+from api.schemas import HealthStatus, Readiness, ReadModelLag
 from nodeapp.broker.connection import broker_errors
 from nodeapp.broker.resources import NODES_BUCKET, ORDERS_BUCKET, ORDERS_STREAM, WORKERS_CONSUMER
 from nodeapp.orders.model import encode
+from nodeapp.readmodel.projector import ProjectionFailed
 from nodeapp.shop.notify_resources import STREAM as NOTIFICATIONS_STREAM
 from nodeapp.shop.payment_resources import PAYMENTS_BUCKET
 from nodeapp.shop.resources import CATALOG_BUCKET, STOCK_BUCKET
 
-# Probes arrive every few seconds: their answers are encoded once.
+# Probes arrive every few seconds: the liveness answer is encoded once.
 _OK: Final = encode(HealthStatus("ok"))
-_READY: Final = encode(HealthStatus("ready"))
 
 
 @get(
@@ -68,12 +73,30 @@ async def _missing(what: str, check: Callable[[], Awaitable[object]]) -> str | N
     return None
 
 
+async def _read_model_lag(side: ReadSide) -> ReadModelLag:
+    """The read model's lag; ``ServiceUnavailableException`` when it is not open or its
+    projection stopped with an error."""
+    projector = side.projector()
+    if projector is None:
+        raise ServiceUnavailableException(f"read model not open: {side.problem or 'opening'}")
+    try:
+        projector.check()
+    except ProjectionFailed as exc:
+        raise ServiceUnavailableException(f"{exc}; restart the api (docs/OPERATIONS.md)") from exc
+    applied = projector.applied
+    lag = await projector.lag()
+    return ReadModelLag(lag.checkpoint, lag.stream_last_seq, lag.messages, lag.seconds, applied)
+
+
 @get(
     READYZ,
     summary="Readiness",
     responses={
-        200: json_spec(HealthStatus, "Ready to take orders"),
-        503: problem_spec("Broker unreachable or a JetStream resource missing"),
+        200: json_spec(Readiness, "Ready to take orders; the read model's lag"),
+        503: problem_spec(
+            "Broker unreachable, a JetStream resource missing, or the read model not open or "
+            "no longer following the bucket"
+        ),
     },
 )
 async def readyz(request: AnyRequest) -> Response[bytes]:
@@ -82,4 +105,5 @@ async def readyz(request: AnyRequest) -> Response[bytes]:
     with broker_errors("checking readiness"):
         async with asyncio.timeout(link.settings.request_timeout):
             await _check_resources(js)
-    return Response(_READY, media_type=JSON)
+            lag = await _read_model_lag(read_side(request))
+    return json_response(Readiness("ready", lag))

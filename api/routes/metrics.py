@@ -16,7 +16,10 @@ from nodeapp.security.scopes import OPS
     METRICS,
     guards=[requires(OPS)],
     summary="Prometheus metrics",
-    description="Orders submitted by outcome, request latency by route, consumer backlog.",
+    description=(
+        "Orders submitted by outcome, request latency by route, consumer backlog, the read "
+        "model's progress and lag (`orderflow_readmodel_*`)."
+    ),
     media_type=CONTENT_TYPE,
 )
 async def metrics(request: AnyRequest) -> Response[bytes]:

@@ -1,8 +1,8 @@
 """The operator's client commands: ``order submit|get|watch|history``, ``cluster``,
 ``node drain``, ``dlq ls|replay``, ``catalog ls`` (over the api, ``--api-url`` /
 ``ORDERFLOW_API_URL``, with ``Authorization: Bearer`` ``ORDERFLOW_TOKEN`` or else
-``ORDERFLOW_ADMIN_TOKEN``), ``inspect``, ``catalog load`` and ``token create|list|revoke``
-(straight to NATS). Their parser is ``nodeapp.cli.client_parser``.
+``ORDERFLOW_ADMIN_TOKEN``), ``inspect``, ``catalog load``, ``token create|list|revoke`` and
+``readmodel rebuild`` (straight to NATS). Their parser is ``nodeapp.cli.client_parser``.
 
 Tables for people, ``--json`` for scripts. Exit codes: 0 done, 1 no such order, node, dead
 letter or token, 2 bad arguments or a request the api refused (a replay of a finished order, a
@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 
 import msgspec
 
-from nodeapp.cli import catalog, tokens
+from nodeapp.cli import catalog, readmodel, tokens
 from nodeapp.cli.apiclient import ApiClient, ApiProblem, ApiUnreachable, token_to_send
 from nodeapp.cli.inspection import inspect_at
 from nodeapp.cli.render import (
@@ -94,6 +94,8 @@ def _command_name(args: argparse.Namespace) -> str:
         return f"catalog {args.catalog_action}"
     if args.command == "token":
         return f"token {args.token_action}"
+    if args.command == "readmodel":
+        return f"readmodel {args.readmodel_action}"
     return str(args.command)
 
 
@@ -287,4 +289,5 @@ DIRECT: Final[dict[str, Callable[[argparse.Namespace, Settings], int]]] = {
     "token create": tokens.run,
     "token list": tokens.run,
     "token revoke": tokens.run,
+    "readmodel rebuild": readmodel.rebuild,
 }

@@ -15,7 +15,9 @@ import msgspec
 from nodeapp.orders.model import STEP_NAMES
 from nodeapp.security.scopes import SCOPES
 
-CLIENT_COMMANDS: Final = frozenset({"order", "cluster", "inspect", "dlq", "catalog", "token"})
+CLIENT_COMMANDS: Final = frozenset(
+    {"order", "cluster", "inspect", "dlq", "catalog", "token", "readmodel"}
+)
 EPILOG: Final = (
     "exit codes: 0 ok, 1 no such order, node, dead letter or token, 2 bad arguments (or refused, "
     "token refused included), 3 api or broker unreachable, 4 timed out"
@@ -117,6 +119,7 @@ def add_commands(
     _add_dlq(sub, client)
     _add_catalog(sub, client)
     _add_token(sub, EPILOG)
+    _add_readmodel(sub, EPILOG)
 
     node_actions = node.add_subparsers(dest="node_action", metavar="ACTION")
     drain = node_actions.add_parser(
@@ -205,6 +208,31 @@ def _add_token(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog:
         "revoke", parents=[broker], epilog=epilog, help="revoke a token by its id"
     )
     revoke.add_argument("token_id", metavar="ID")
+
+
+def _add_readmodel(sub: argparse._SubParsersAction[argparse.ArgumentParser], epilog: str) -> None:
+    """``readmodel rebuild`` (``nodeapp.cli.readmodel`` runs it)."""
+    readmodel = sub.add_parser(
+        "readmodel", help="the api's SQLite read model: rebuild (straight to the broker)",
+        epilog=epilog,
+    )  # fmt: skip
+    actions = readmodel.add_subparsers(dest="readmodel_action", required=True, metavar="ACTION")
+    rebuild = actions.add_parser(
+        "rebuild", epilog=epilog,
+        help="rebuild the read model file from the orders bucket (with the api stopped)",
+        description=(
+            "Empties the read model file (created if missing) and replays the orders bucket "
+            "into it, then prints what it did. Run it with the api that uses the file stopped: "
+            "a running one resumes from the rebuilt checkpoint, but lists it serves meanwhile "
+            "are incomplete. A file another process keeps locked is refused, left unchanged."
+        ),
+    )  # fmt: skip
+    rebuild.add_argument(
+        "--read-db", dest="read_db", default=None, metavar="PATH",
+        help="the read model file [ORDERFLOW_READ_DB]",
+    )  # fmt: skip
+    rebuild.add_argument("--nats-url", dest="nats_url", default=None, help="[NATS_URL]")
+    rebuild.add_argument("--json", action="store_true", help="print raw JSON (for scripts)")
 
 
 def handles(args: argparse.Namespace) -> bool:

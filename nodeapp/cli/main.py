@@ -1,7 +1,7 @@
 """The ``orderflow`` command: ``up`` (all-in-one), ``api``, ``node``, ``payments`` (the
 simulated gateway alone), ``init``, and the operator's client commands (``order``, ``cluster``,
-``node drain``, ``dlq``, ``catalog``, ``inspect``) from ``nodeapp.cli.client_parser`` and
-``nodeapp.cli.client``.
+``node drain``, ``dlq``, ``catalog``, ``inspect``, ``token``, ``readmodel``) from
+``nodeapp.cli.client_parser`` and ``nodeapp.cli.client``.
 
 Flags mirror the environment variables (a flag wins over its variable); errors are one clear
 line on stderr and a non-zero exit code, never a traceback.
@@ -107,6 +107,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         field: getattr(args, field, None) for field, _, _ in SETTING_FLAGS.values()
     }
     overrides["fault_injection"] = getattr(args, "fault_injection", None)
+    overrides["read_db"] = getattr(args, "read_db", None)  # ``readmodel rebuild --read-db``
     if args.command == "up" and overrides["log_format"] is None:
         # A person is watching: readable lines unless the environment asks for JSON.
         overrides["log_format"] = os.environ.get("ORDERFLOW_LOG_FORMAT") or "console"

@@ -14,6 +14,7 @@
     │   ├── InvalidPaymentMessage  ... or a gateway request or callback body (422)
     │   └── InvalidTokenRequest  ... or an API token request: name, scopes, customer, ttl (422)
     ├── ResourceMissing      a stream, consumer or bucket is gone (HTTP 503 until recreated)
+    ├── ReadModelUnavailable the api's read model is not open (yet), so no list or stats (503)
     ├── NodeNotFound         no live node with that id in the registry (HTTP 404)
     ├── NodeUnresponsive     a registered node did not answer a control request (HTTP 502-504)
     ├── DeadLetterNotFound   no dead letter in ORDERS_DLQ for that order id (HTTP 404)
@@ -106,6 +107,11 @@ class ResourceMissing(OrderflowError):
     def __init__(self, what: str) -> None:
         super().__init__(f"{what} is missing; `orderflow init` recreates it")
         self.what = what
+
+
+class ReadModelUnavailable(OrderflowError):
+    """The api's read model (``ORDERFLOW_READ_DB``) is not open: it opens once the broker is
+    reachable, or its file could not be opened (the message says why)."""
 
 
 class NodeNotFound(OrderflowError):

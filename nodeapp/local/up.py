@@ -7,7 +7,8 @@ secrets for payments and notifications are generated once when unset and kept un
 folder (``nodeapp.local.secret_files``); an empty catalog gets the demo one
 (``nodeapp.local.demo``). So is the first admin API token (``ORDERFLOW_ADMIN_TOKEN``, unless the
 environment sets one): ``<data>/admin-token``, mode 0600, printed in the banner the one time it
-is created; later starts say where it is.
+is created; later starts say where it is. The api's read model is kept there too
+(``<data>/orderflow-read.db``, unless ``ORDERFLOW_READ_DB`` names another file).
 
 A crashed api or node is restarted (``nodeapp.local.keeper``); only Ctrl-C or SIGTERM stops
 everything, in order: the api (no new orders), the nodes (they drain), then the broker. The
@@ -45,6 +46,8 @@ MONITOR_PORT: Final = 8222  # nats-server's usual monitoring port, kept when it 
 API_START_TIMEOUT: Final = 20.0
 SECRETS_DIR: Final = "secrets"  # under the data folder: one file per secret, mode 0600
 KEPT_SECRETS: Final = ("payment_secret", "notify_secret")  # settings fields up fills in
+DEFAULT_READ_DB: Final = Settings().read_db
+READ_DB_FILE: Final = "orderflow-read.db"  # the api's read model, under the data folder
 WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})
 # ``http: 127.0.0.1:8222``, ``http_port = 8222``, ``monitor_port 8222`` (nats.conf syntax)
 _MONITOR_SETTING: Final = re.compile(
@@ -97,8 +100,8 @@ def config_file(config: Path | None) -> Iterator[Path]:
 
 def local_settings(settings: Settings, data_dir: Path) -> Settings:
     """``settings`` for the children: the api's local URL (nodes reach the gateway and send
-    callbacks there) and every signing secret, kept under ``data_dir`` when the environment
-    sets none."""
+    callbacks there), every signing secret, kept under ``data_dir`` when the environment sets
+    none, and the api's read model in ``data_dir`` unless ``ORDERFLOW_READ_DB`` names a file."""
     host = "127.0.0.1" if settings.api_host in WILDCARD_HOSTS else settings.api_host
     host = f"[{host}]" if ":" in host else host
     secrets = {
@@ -106,7 +109,10 @@ def local_settings(settings: Settings, data_dir: Path) -> Settings:
         for field in KEPT_SECRETS
     }
     api_url = f"http://{host}:{settings.api_port}"
-    return msgspec.structs.replace(settings, api_url=api_url, **secrets)
+    read_db = settings.read_db
+    if read_db == DEFAULT_READ_DB:  # not the current folder's: the data folder's
+        read_db = str(data_dir / READ_DB_FILE)
+    return msgspec.structs.replace(settings, api_url=api_url, read_db=read_db, **secrets)
 
 
 class AdminToken(msgspec.Struct, frozen=True):

@@ -24,14 +24,21 @@ class ApiProcess(Child):
     """One ``python -m api`` process on a free port; ``stop()`` sends SIGTERM and waits.
 
     ``settings`` reach it as environment variables, ``ORDERFLOW_ADMIN_TOKEN`` among them;
-    ``client()`` talks to it as that admin (``client(None)``: with no token).
+    ``client()`` talks to it as that admin (``client(None)``: with no token). Its read model is
+    ``<log_path>.read.db`` (each api process keeps its own), unless ``ORDERFLOW_READ_DB`` is
+    given in ``env``: a restart with the same one resumes from that file's checkpoint.
     """
 
     def __init__(self, settings: Settings, log_path: Path, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_token = settings.admin_token
-        own = {"ORDERFLOW_API_PORT": str(self.port), "ORDERFLOW_LOG_FORMAT": "json"}
+        self.read_db = Path(env.get("ORDERFLOW_READ_DB") or f"{log_path}.read.db")
+        own = {
+            "ORDERFLOW_API_PORT": str(self.port),
+            "ORDERFLOW_LOG_FORMAT": "json",
+            "ORDERFLOW_READ_DB": str(self.read_db),
+        }
         full_env = child_env(settings, **{**own, **env})
         super().__init__("api", python_module("api"), env=full_env, log_path=log_path)
 
