@@ -1,5 +1,6 @@
 """Route handlers, one module per resource."""
 
+from api.routes.cancel import cancel_order
 from api.routes.cluster import drain_node, get_cluster, get_node
 from api.routes.dlq import get_dead_letters, replay_dead_letter
 from api.routes.health import healthz, readyz
@@ -12,6 +13,7 @@ from api.routes.products import adjust_stock, get_product, list_products, put_pr
 ROUTE_HANDLERS = [
     submit_order,
     get_order,
+    cancel_order,
     get_order_history,
     get_order_notifications,
     list_products,
@@ -31,6 +33,7 @@ ROUTE_HANDLERS = [
 __all__ = [
     "ROUTE_HANDLERS",
     "adjust_stock",
+    "cancel_order",
     "drain_node",
     "get_cluster",
     "get_dead_letters",
