@@ -136,6 +136,23 @@ async def test_watch_follows_a_failure_and_its_rollback(cli: Cli, api_settings: 
     assert revisions == sorted(set(revisions))
 
 
+async def test_cancel_a_queued_order_then_again(cli: Cli) -> None:
+    submitted = await cli("order", "submit", "--customer", "c-3", "--item", "sku-1:1")
+    assert submitted.code == 0, submitted.err
+    order_id = submitted.out.split()[1]
+    cancelled = await cli("order", "cancel", order_id)  # no node runs: it never started
+    assert cancelled.code == 0, cancelled.err
+    assert cancelled.out == f"order {order_id} cancelled: no step had started\n"
+    again = await cli("order", "cancel", order_id)
+    assert again.code == 2  # the api's 409
+    assert again.err.strip() == (
+        f"orderflow order cancel: order {order_id} is already cancelled: nothing to cancel"
+    )
+    shown = await cli("order", "get", order_id, "--json")
+    assert (shown.json()["status"], shown.json()["current_step"]) == ("cancelled", "Cancelled")
+    assert (await cli("order", "cancel", UNKNOWN_ORDER)).code == 1
+
+
 async def test_cluster_and_inspect(cli: Cli, settings: Settings) -> None:
     async with running_node(settings, "node-c"):
 

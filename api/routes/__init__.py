@@ -1,5 +1,6 @@
 """Route handlers, one module per resource."""
 
+from api.routes.cancel import cancel_order
 from api.routes.cluster import drain_node, get_cluster, get_node
 from api.routes.dlq import get_dead_letters, replay_dead_letter
 from api.routes.events import order_events
@@ -17,6 +18,7 @@ ROUTE_HANDLERS = [
     list_orders,
     get_order,
     order_events,
+    cancel_order,
     get_order_history,
     get_order_notifications,
     list_products,
@@ -37,6 +39,7 @@ ROUTE_HANDLERS = [
 __all__ = [
     "ROUTE_HANDLERS",
     "adjust_stock",
+    "cancel_order",
     "drain_node",
     "get_cluster",
     "get_dead_letters",

@@ -1,13 +1,14 @@
-"""The operator's client commands: ``order submit|get|watch|history``, ``cluster``,
+"""The operator's client commands: ``order submit|get|watch|history|cancel``, ``cluster``,
 ``node drain``, ``dlq ls|replay``, ``catalog ls`` (over the api, ``--api-url`` /
 ``ORDERFLOW_API_URL``, with ``Authorization: Bearer`` ``ORDERFLOW_TOKEN`` or else
 ``ORDERFLOW_ADMIN_TOKEN``), ``inspect``, ``catalog load``, ``token create|list|revoke`` and
 ``readmodel rebuild`` (straight to NATS). Their parser is ``nodeapp.cli.client_parser``.
 
 Tables for people, ``--json`` for scripts. Exit codes: 0 done, 1 no such order, node, dead
-letter or token, 2 bad arguments or a request the api refused (a replay of a finished order, a
-token it does not accept, say), 3 api or broker unreachable (or answering 5xx), 4 ``watch`` or
-``drain --wait`` timed out. Errors are one line on stderr, never a traceback (nor a token).
+letter or token, 2 bad arguments or a request the api refused (a replay or a cancel of a
+finished order, a token it does not accept, say), 3 api or broker unreachable (or answering
+5xx), 4 ``watch`` or ``drain --wait`` timed out. Errors are one line on stderr, never a
+traceback (nor a token).
 """
 
 from __future__ import annotations
@@ -198,6 +199,18 @@ def _history(api: ApiClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cancel(api: ApiClient, args: argparse.Namespace) -> int:
+    order = api.post(_path("orders", args.order_id, "cancel"), Order)
+    text = f"order {order.order_id} cancelled: no step had started"
+    if not order.terminal:
+        text = (
+            f"order {order.order_id}: cancel accepted; it stops once {order.current_step} "
+            f"ends and undoes what ran\nfollow it: orderflow order watch {order.order_id}"
+        )
+    _emit(args, order, lambda: text)
+    return 0
+
+
 def _watch(api: ApiClient, args: argparse.Namespace) -> int:
     """Follow the order's event stream until it ends (``nodeapp.cli.watch``)."""
     try:
@@ -276,6 +289,7 @@ COMMANDS: Final[dict[str, Callable[[ApiClient, argparse.Namespace], int]]] = {
     "order get": _get,
     "order history": _history,
     "order watch": _watch,
+    "order cancel": _cancel,
     "cluster": _cluster,
     "node drain": _drain,
     "dlq ls": _dlq_ls,

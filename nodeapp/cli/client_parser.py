@@ -94,7 +94,11 @@ def add_commands(
     submit.add_argument("--email", default=None, help="notify this e-mail address")
     submit.add_argument("--phone", default=None, help="notify this phone number (+49 30 1234567)")
 
-    for name, text in (("get", "show an order"), ("history", "every revision of an order")):
+    for name, text in (
+        ("get", "show an order"),
+        ("history", "every revision of an order"),
+        ("cancel", "cancel an order: no step starts after it, the steps that ran are undone"),
+    ):
         actions.add_parser(name, parents=[client], help=text, epilog=EPILOG).add_argument(
             "order_id"
         )

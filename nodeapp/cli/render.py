@@ -65,6 +65,10 @@ def order_text(order: Order) -> str:
             ("started", stamp(order.start_time)),
             ("finished", stamp(order.complete_time) if order.complete_time else None),
             (
+                "cancel requested",
+                stamp(order.cancel_requested_at) if order.cancel_requested_at else None,
+            ),
+            (
                 "owner",
                 f"{owner.node_id} (epoch {owner.epoch}, lease until "
                 f"{stamp(owner.lease_expires_at)})"

@@ -32,6 +32,7 @@ class NodeStats(msgspec.Struct):
     redeliveries: int = 0
     completed: int = 0
     failed: int = 0
+    cancelled: int = 0
     deferred: int = 0
     takeovers: int = 0
     cas_conflicts: int = 0

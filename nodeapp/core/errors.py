@@ -8,6 +8,7 @@
     ├── OrderNotFound        no document for that order id (HTTP 404)
     ├── OrderExists          a create found the key taken
     ├── RevisionConflict     a compare-and-set lost: someone else wrote the order first
+    ├── OrderFinished        a cancel of an order already completed, failed or cancelled (409)
     ├── IdempotencyConflict  an Idempotency-Key reused with a different body (HTTP 422)
     ├── InvalidOrder         input that cannot become an order; carries per-field errors (4xx)
     │   ├── InvalidProduct   ... or a product, a catalog file, a catalog page request
@@ -73,6 +74,13 @@ class RevisionConflict(OrderflowError):
         super().__init__(f"order {order_id} changed since revision {expected}")
         self.order_id = order_id
         self.expected = expected
+
+
+class OrderFinished(OrderflowError):
+    def __init__(self, order_id: str, status: str) -> None:
+        super().__init__(f"order {order_id} is already {status}: nothing to cancel")
+        self.order_id = order_id
+        self.status = status
 
 
 class IdempotencyConflict(OrderflowError):

@@ -44,8 +44,8 @@ NODE_COUNTERS: Final = {
     "reconciled": ("orderflow_node_reconciled", "Orders re-driven by the reconciler"),
     "errors": ("orderflow_node_errors", "Order runs that failed unexpectedly"),
 }
-# Already series of their own, with labels (orderflow_orders_completed/failed_total).
-NOT_EXPORTED: Final = frozenset({"completed", "failed"})
+# Already series of their own, with labels (orderflow_orders_completed/failed/cancelled_total).
+NOT_EXPORTED: Final = frozenset({"completed", "failed", "cancelled"})
 
 
 class PrometheusObserver(Observer):
@@ -75,11 +75,14 @@ class PrometheusObserver(Observer):
             ["step"],
             registry=registry,
         )
+        self.cancelled = Counter(
+            "orderflow_orders_cancelled", "Orders that reached Cancelled", registry=registry
+        )
         # Series exist (at 0) from the start, so rate() and alerts see them before the first event.
         self._steps = {
             (s, o): self.step_seconds.labels(s, o) for s in STEP_NAMES for o in STEP_OUTCOMES
         }
-        self._latency = {s: self.latency.labels(s) for s in ("completed", "failed")}
+        self._latency = {s: self.latency.labels(s) for s in ("completed", "failed", "cancelled")}
         self._failed = {s: self.failed.labels(s) for s in STEP_NAMES}
 
     def step_finished(self, step: str, seconds: float, outcome: str) -> None:
@@ -90,6 +93,8 @@ class PrometheusObserver(Observer):
         (self._latency.get(status) or self.latency.labels(status)).observe(latency)
         if status == "completed":
             self.completed.inc()
+        elif status == "cancelled":
+            self.cancelled.inc()
         elif failed_step is not None:
             (self._failed.get(failed_step) or self.failed.labels(failed_step)).inc()
 

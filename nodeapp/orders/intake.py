@@ -193,10 +193,11 @@ class Intake:
             await self.companion(order)
         await self.publish(order.order_id)
 
-    async def publish(self, order_id: str) -> None:
-        """Publish the order's work message; the broker drops a duplicate within its window."""
+    async def publish(self, order_id: str, message_id: str | None = None) -> None:
+        """Publish the order's work message; the broker drops a duplicate within its window
+        (``Nats-Msg-Id`` the order id, or ``message_id`` for a deliberate second one)."""
         with publish_span(WORK_SUBJECT, order_id):
-            headers = inject_headers({"Nats-Msg-Id": order_id})
+            headers = inject_headers({"Nats-Msg-Id": message_id or order_id})
             with broker_errors(f"publishing order {order_id}"):
                 await self.js.publish(WORK_SUBJECT, encode(WorkMessage(order_id)), headers=headers)
 

@@ -1,12 +1,21 @@
 """Pure transitions of an order document: what changes when a node claims, starts, completes,
-fails, compensates or hands back. No I/O here; ``pipeline`` decides when to store.
+fails, compensates, is cancelled or hands back. No I/O here; ``pipeline`` decides when to store.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from nodeapp.orders.model import COMPLETED, FAILED, Failure, Order, Owner, StepRecord
+from nodeapp.orders.model import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    STEP_NAMES,
+    Failure,
+    Order,
+    Owner,
+    StepRecord,
+)
 
 
 def live_owner(order: Order, now: datetime) -> Owner | None:
@@ -78,24 +87,47 @@ def fail_step(order: Order, step: StepRecord, reason: str, now: datetime) -> Non
 
 
 def to_compensate(order: Order) -> list[StepRecord]:
-    """Steps whose effects must be undone, latest first: the failed one and those before it."""
+    """Steps whose effects must be undone, latest first: the failed one and those before it,
+    and on a cancel the step that was interrupted (left ``running``)."""
     return [
         s
         for s in reversed(order.steps)
-        if s.status in ("completed", "failed") and s.rollback_time is None
+        if s.status in ("completed", "failed", "running") and s.rollback_time is None
     ]
 
 
 def compensated(step: StepRecord, now: datetime) -> None:
     step.rollback_time = now
-    if step.status == "completed":
+    if step.status in ("completed", "running"):
         step.status = "rolled_back"
 
 
+def begin_cancel(order: Order, now: datetime, lease: float) -> None:
+    """A cancel request was seen: from here on the order only compensates (ADR 0013).
+    ``current_step`` names the last step that ran (the first compensated), as on a failure."""
+    order.status = "rolling_back"
+    order.complete_time = None
+    ran = [s.name for s in order.steps if s.status != "pending"]
+    order.current_step = ran[-1] if ran else STEP_NAMES[0]
+    renew(order, now, lease)
+
+
+def cancel_unstarted(order: Order, now: datetime) -> None:
+    """The api's cancel of an order no node has claimed: nothing ran, nothing to undo."""
+    order.cancel_requested_at = order.cancel_requested_at or now
+    order.status = "cancelled"
+    order.current_step = CANCELLED
+    order.complete_time = now
+
+
 def finish(order: Order, now: datetime) -> None:
-    """Terminal state: Completed, or Failed after a failure's compensations."""
-    failed = order.status == "rolling_back"
-    order.status = "failed" if failed else "completed"
-    order.current_step = FAILED if failed else COMPLETED
+    """Terminal state: Cancelled once a cancel was requested, else Failed after a failure's
+    compensations, else Completed. Safe to apply again after a cancel arrived meanwhile."""
+    if order.cancel_requested_at is not None:
+        order.status, order.current_step = "cancelled", CANCELLED
+    elif order.failure is not None:
+        order.status, order.current_step = "failed", FAILED
+    else:
+        order.status, order.current_step = "completed", COMPLETED
     order.complete_time = now
     release(order, now)  # the last owner and its epoch stay on record

@@ -18,10 +18,11 @@ import msgspec
 STEP_NAMES: Final = ("Scheduling", "Pre-Processing", "Processing", "Post-Processing")
 COMPLETED: Final = "Completed"
 FAILED: Final = "Failed"
+CANCELLED: Final = "Cancelled"
 
-OrderStatus = Literal["accepted", "running", "rolling_back", "completed", "failed"]
+OrderStatus = Literal["accepted", "running", "rolling_back", "completed", "failed", "cancelled"]
 StepStatus = Literal["pending", "running", "completed", "failed", "rolled_back"]
-TERMINAL_STATUSES: Final = frozenset({"completed", "failed"})
+TERMINAL_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
 
 
 PaymentStatus = Literal[
@@ -113,6 +114,8 @@ class Order(msgspec.Struct):
     payment_token: str | None = None
     payment: Payment | None = None
     contact: Contact | None = None
+    # When ``POST /orders/{id}/cancel`` was accepted (ADR 0013): no step starts after it.
+    cancel_requested_at: datetime | None = None
 
     @property
     def terminal(self) -> bool:

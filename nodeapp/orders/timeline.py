@@ -13,7 +13,7 @@ from datetime import datetime
 
 import msgspec
 
-from nodeapp.orders.model import Order, StepRecord
+from nodeapp.orders.model import TERMINAL_STATUSES, Order, StepRecord
 from nodeapp.orders.store import HistoryEntry
 
 
@@ -111,6 +111,8 @@ def _step_change(old: StepRecord, new: StepRecord, order: Order) -> str | None:
         return f"{new.name} started"
     if new.status == "completed" and old.status != "completed":
         return f"{new.name} completed"
+    if new.status == "rolled_back" and old.status == "running" and new.complete_time is not None:
+        return f"{new.name} completed"  # and undone in the same write: a cancel's first step
     if new.status == "failed" and old.status != "failed":
         failure = order.failure
         reason = failure.reason if failure is not None and failure.step == new.name else None
@@ -120,7 +122,9 @@ def _step_change(old: StepRecord, new: StepRecord, order: Order) -> str | None:
 
 def _outcome(before: Order, after: Order) -> list[str]:
     parts = []
-    if after.status != before.status and after.status in ("completed", "failed"):
+    if after.cancel_requested_at and not before.cancel_requested_at:
+        parts.append("cancel requested")
+    if after.status != before.status and after.status in TERMINAL_STATUSES:
         parts.append(f"order {after.status}")
     if after.dead_letter and not before.dead_letter:
         parts.append(f"dead-lettered: {after.dead_letter_reason}")

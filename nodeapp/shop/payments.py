@@ -10,7 +10,8 @@ verdict recorded first is read, and one recorded after is delivered; at its dead
 the key once more, in case the subscription was being re-created (nats-py re-creates an
 ordered consumer that misses heartbeats, e.g. across a broker restart; one re-created
 before it saw any record replays the bucket from its start, which only costs reading it).
-No polling loop.
+No polling loop. A wait given an ``interrupt`` event ends as soon as it is set
+(``WaitInterrupted``): the order was cancelled meanwhile (ADR 0013).
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ def gateway_url(settings: Settings) -> str:
 def callback_url(settings: Settings) -> str:
     """Where the gateway sends its verdicts: the api's inbox."""
     return settings.api_url.rstrip("/") + CALLBACK_PATH
+
+
+class WaitInterrupted(Exception):
+    """A verdict wait ended by its ``interrupt`` event (the order is being cancelled)."""
 
 
 class _Problem(msgspec.Struct):
@@ -151,6 +156,23 @@ class PaymentClient:
         raise _error(answer, f"{method} {path}", payment_id, epoch)
 
 
+async def _first(
+    future: asyncio.Future[PaymentCallback], interrupt: asyncio.Event | None, within: float
+) -> bool:
+    """Wait for ``future`` or ``interrupt``, whichever comes first; False after ``within``."""
+    if interrupt is None:
+        done, _ = await asyncio.wait({future}, timeout=within)
+        return bool(done)
+    stop: asyncio.Future[Any] = asyncio.ensure_future(interrupt.wait())
+    waits: set[asyncio.Future[Any]] = {future, stop}
+    try:
+        done, _ = await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        await asyncio.wait({stop})
+    return bool(done)
+
+
 def _error(answer: httpx.Response, what: str, payment_id: str, epoch: int | None) -> Exception:
     """Our error for a gateway's non-2xx answer."""
     try:
@@ -217,11 +239,14 @@ class PaymentWaiter:
         """Orders waiting for a verdict in this process."""
         return len(self._waiting)
 
-    async def wait(self, order_id: str, within: float | None = None) -> PaymentCallback | None:
+    async def wait(
+        self, order_id: str, within: float | None = None, interrupt: asyncio.Event | None = None
+    ) -> PaymentCallback | None:
         """The verdict recorded for ``order_id``, or None after ``within`` seconds (default
         ``ORDERFLOW_PAYMENT_TIMEOUT``). ``BrokerUnavailable`` if the bucket cannot be read (a
         timeout is only reported once the bucket said there is no verdict);
-        ``InvalidPaymentMessage`` if the record is unreadable."""
+        ``InvalidPaymentMessage`` if the record is unreadable; ``WaitInterrupted`` once
+        ``interrupt`` is set, if no verdict came first."""
         if self._sub is None:
             raise RuntimeError("PaymentWaiter used outside its `async with`")
         future: asyncio.Future[PaymentCallback] = asyncio.get_running_loop().create_future()
@@ -229,10 +254,12 @@ class PaymentWaiter:
         try:
             if (found := await read(self._kv, order_id)) is not None:
                 return found
-            try:
-                return await asyncio.wait_for(future, self._timeout if within is None else within)
-            except TimeoutError:
+            deadline = self._timeout if within is None else within
+            if not await _first(future, interrupt, deadline):
                 return self._last_look(order_id, await read(self._kv, order_id))
+            if future.done():
+                return future.result()
+            raise WaitInterrupted(order_id)
         finally:
             futures = self._waiting.get(order_id, set())
             futures.discard(future)

@@ -7,11 +7,13 @@ pipeline stores it with the step's next compare-and-set, so the document says wh
 saw. The compensations decide from that section, never from a guess: a payment the document
 does not know of was never authorized by a step that finished (a step cut short by a crash is
 re-run, not compensated), and the gateway's own idempotence covers a re-run of a compensation
-whose outcome was not stored yet.
+whose outcome was not stored yet. The one step compensated without finishing is one a cancel
+cut short (ADR 0013): its compensation reads the payment from the gateway first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from decimal import Decimal
 from typing import Final
@@ -47,16 +49,19 @@ class Charges:
         self.waiter = waiter
         self.timeout = timeout
 
-    async def authorize(self, order: Order, epoch: int) -> str | None:
+    async def authorize(
+        self, order: Order, epoch: int, interrupt: asyncio.Event | None = None
+    ) -> str | None:
         """Pre-Processing: authorize the amount and wait for the gateway's verdict. None when
-        approved (or there is nothing to pay), else the step's failure reason."""
+        approved (or there is nothing to pay), else the step's failure reason;
+        ``WaitInterrupted`` when ``interrupt`` is set first (the payment stays pending)."""
         amount = chargeable(order)
         if amount is None:
             return None
         token = order.payment_token or DEFAULT_PAYMENT_TOKEN  # a document from before tokens
         await self.client.authorize(order.order_id, amount, token, epoch)
         _record(order, "pending")
-        verdict = await self.waiter.wait(order.order_id, self.timeout)
+        verdict = await self.waiter.wait(order.order_id, self.timeout, interrupt)
         if verdict is None:
             _record(order, "timed_out")
             return TIMED_OUT
@@ -73,9 +78,12 @@ class Charges:
         entry = await self.client.capture(order.order_id, epoch)
         _record(order, "captured").captured_at = entry.captured_at or utcnow()
 
-    async def give_back(self, order: Order, epoch: int) -> None:
+    async def give_back(self, order: Order, epoch: int, *, unsure: bool = False) -> None:
         """The compensations of Pre- and Post-Processing: refund a captured payment, void an
-        authorization (pending, authorized or timed out); nothing when nothing is held."""
+        authorization (pending, authorized or timed out); nothing when nothing is held.
+        ``unsure``: the step was interrupted, so what it did is read from the gateway first."""
+        if unsure:
+            await self._learn(order)
         payment = order.payment
         if payment is None or payment.status in NOTHING_HELD:
             return
@@ -92,6 +100,17 @@ class Charges:
             )  # fmt: skip
             return
         _after_void(order, entry)
+
+    async def _learn(self, order: Order) -> None:
+        """The payment as the gateway has it: a step cut short may have authorized or
+        captured without the document saying so."""
+        try:
+            entry = await self.client.get(order.order_id)
+        except PaymentNotFound:  # never authorized: nothing is held
+            return
+        payment = _record(order, entry.status)
+        payment.authorized_at = payment.authorized_at or entry.decided_at
+        payment.captured_at = payment.captured_at or entry.captured_at
 
 
 def _after_void(order: Order, entry: LedgerEntry) -> None:

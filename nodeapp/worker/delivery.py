@@ -2,8 +2,8 @@
 
 The pipeline says what happened to the order (a ``RunResult``); the delivery decides:
 
-- ``completed``/``failed``: ack once the terminal state is stored (the pipeline answers from
-  inside the shield that stores it, so a shutdown cannot cut in between);
+- ``completed``/``failed``/``cancelled``: ack once the terminal state is stored (the pipeline
+  answers from inside the shield that stores it, so a shutdown cannot cut in between);
 - ``already_done``/``parked``: ack (nothing to run; a parked order waits for a replay);
 - ``deferred``: nak with a delay, until the other node's lease ends;
 - ``handed_back`` (draining), and a message that arrives while draining: nak once no pull request
@@ -42,6 +42,7 @@ log = logging.getLogger("orderflow.delivery")
 class Outcome(enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
     ALREADY_DONE = "already_done"
     DEFERRED = "deferred"  # another node holds a live lease
     HANDED_BACK = "handed_back"  # draining: lease released, message nak'ed
@@ -52,7 +53,9 @@ class Outcome(enum.Enum):
     CRASHED = "crashed"  # the run raised something unexpected: a bug
 
 
-ACKED: Final = frozenset({Outcome.COMPLETED, Outcome.FAILED, Outcome.ALREADY_DONE, Outcome.PARKED})
+ACKED: Final = frozenset(
+    {Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCELLED, Outcome.ALREADY_DONE, Outcome.PARKED}
+)
 
 
 class RunResult(NamedTuple):

@@ -16,8 +16,10 @@ everything else is raised for the pipeline to decide.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 from nats.js import JetStreamContext
 
@@ -30,6 +32,11 @@ from nodeapp.worker.charges import Charges, chargeable
 log = logging.getLogger("orderflow.effects")
 
 SCHEDULING, PRE_PROCESSING, PROCESSING, POST_PROCESSING = STEP_NAMES
+NOTIFIED: Final[dict[str, Kind]] = {
+    "completed": "order.completed",
+    "failed": "order.failed",
+    "cancelled": "order.cancelled",
+}
 
 
 class ShopEffects:
@@ -45,28 +52,33 @@ class ShopEffects:
         """Whether the step's effect can outlast a keepalive interval (the payment verdict)."""
         return step == PRE_PROCESSING and chargeable(order) is not None
 
-    async def apply(self, step: str, order: Order, epoch: int) -> str | None:
-        """Do the step's effect; None when done, else the reason the step fails."""
+    async def apply(
+        self, step: str, order: Order, epoch: int, interrupt: asyncio.Event | None = None
+    ) -> str | None:
+        """Do the step's effect; None when done, else the reason the step fails. ``interrupt``
+        cuts the payment wait short (``WaitInterrupted``)."""
         if step == SCHEDULING:
             try:
                 await self.stock.reserve_items(order.order_id, epoch, order.items)
             except OutOfStock as exc:  # what this order holds is released by the compensation
                 return exc.reason
         elif step == PRE_PROCESSING:
-            return await self.charges.authorize(order, epoch)
+            return await self.charges.authorize(order, epoch, interrupt)
         elif step == POST_PROCESSING:
             await self.charges.capture(order, epoch)
             await self.stock.commit_items(order.order_id, epoch, order.items)
         return None
 
-    async def undo(self, step: str, order: Order, epoch: int) -> None:
-        """Undo the step's effect; safe to repeat, and for a step whose effect never happened."""
+    async def undo(self, step: str, order: Order, epoch: int, *, interrupted: bool = False) -> None:
+        """Undo the step's effect; safe to repeat, and for a step whose effect never happened.
+        ``interrupted``: the step did not finish, so the payment is read from the gateway
+        (the stock holds say for themselves what they are)."""
         if step == SCHEDULING:
             await self.stock.release_items(order.order_id, epoch, order.items)
         elif step == PRE_PROCESSING:
-            await self.charges.give_back(order, epoch)
+            await self.charges.give_back(order, epoch, unsure=interrupted)
         elif step == POST_PROCESSING:
-            await self.charges.give_back(order, epoch)
+            await self.charges.give_back(order, epoch, unsure=interrupted)
             await self.stock.restock_items(order.order_id, epoch, order.items)
 
     async def settle(self, order: Order) -> None:
@@ -74,7 +86,7 @@ class ShopEffects:
         ``order.delayed`` schedule, forget the order's stock holds. Each is idempotent and
         best-effort: a failure is logged with the order id and the next one still runs (a
         redelivered work message for the finished order settles it again)."""
-        kind: Kind = "order.completed" if order.status == "completed" else "order.failed"
+        kind = NOTIFIED[order.status]
         epoch = order.owner.epoch if order.owner is not None else 0
         order_id = order.order_id
         await self._best_effort(order, f"queueing {kind}", lambda: publish(self.js, order, kind))

@@ -28,14 +28,16 @@ from nodeapp.cluster.membership import Heartbeat, Membership, NodeStats
 from nodeapp.cluster.reconciler import Reconciler
 from nodeapp.core.errors import BrokerUnavailable, OrderflowError
 from nodeapp.core.settings import Settings
+from nodeapp.orders.cancellation import listen_for_hints
 from nodeapp.orders.handles import Handles
 from nodeapp.orders.model import decode_work, utcnow
 from nodeapp.worker.delivery import WorkAnswers
 from nodeapp.worker.effects import ShopEffects
 from nodeapp.worker.observer import Observer
-from nodeapp.worker.pipeline import OrderRun, RunContext
+from nodeapp.worker.pipeline import OrderRun
 from nodeapp.worker.pulls import WorkPulls
 from nodeapp.worker.steps import Steps
+from nodeapp.worker.stepwork import RunContext
 
 log = logging.getLogger("orderflow.node")
 
@@ -123,7 +125,10 @@ class Node:
         try:
             # Listening before the first pull: JetStream reports an exhausted message on a pull.
             store = self.context.store
-            async with watch_max_deliveries(self.nc, self.js, store, self.stats, self.node_id):
+            async with (
+                watch_max_deliveries(self.nc, self.js, store, self.stats, self.node_id),
+                listen_for_hints(self.nc, self._cancel_hinted),
+            ):
                 await self._run()
         finally:
             await self.pulls.close()
@@ -211,6 +216,12 @@ class Node:
         run = OrderRun(self.context, self.answers.delivery(msg, order_id))
         self.runs[order_id] = run
         self._spawn(self._process(run))
+
+    def _cancel_hinted(self, order_id: str) -> None:
+        """The api announced a cancel: the run of that order, if it is ours, looks now."""
+        run = self.runs.get(order_id)
+        if run is not None:
+            run.hint_cancel()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

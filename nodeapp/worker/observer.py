@@ -11,4 +11,5 @@ class Observer:
         """A step's action ended: ``outcome`` is ``completed`` or ``failed``."""
 
     def order_finished(self, status: str, failed_step: str | None, latency: float) -> None:
-        """An order reached ``completed`` or ``failed``, ``latency`` seconds after submit."""
+        """An order reached ``completed``, ``failed`` or ``cancelled``, ``latency`` seconds
+        after submit."""

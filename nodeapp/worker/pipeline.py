@@ -1,5 +1,9 @@
 """Driving one order on one node: claim, run the steps from where the order stands, compensate
-on failure, store the terminal state.
+on failure or cancellation, store the terminal state.
+
+A cancel request (ADR 0013) reaches the run through its next write (``nodeapp.worker.writes``)
+or a hint (``hint_cancel``): no step starts after it, the step in progress ends (a payment
+wait is cut short), and the steps that ran are compensated latest first.
 
 The run says what happened (a ``RunResult``); what the work message gets for it is decided in
 ``nodeapp.worker.delivery``.
@@ -8,10 +12,7 @@ The run says what happened (a ``RunResult``); what the work message gets for it 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from opentelemetry import trace
@@ -31,13 +32,18 @@ from nodeapp.core.errors import (
 from nodeapp.core.tracing import extract_context, tracer
 from nodeapp.orders import lifecycle
 from nodeapp.orders.model import Order, StepRecord, utcnow
-from nodeapp.orders.store import OrderStore
+from nodeapp.shop.payments import WaitInterrupted
 from nodeapp.worker.delivery import Delivery, Outcome, RunResult
-from nodeapp.worker.effects import ShopEffects
-from nodeapp.worker.keepalive import while_beating
-from nodeapp.worker.observer import Observer
 from nodeapp.worker.orderlog import log_order
-from nodeapp.worker.steps import StepCall, StepFailed, Steps
+from nodeapp.worker.steps import StepFailed
+from nodeapp.worker.stepwork import RunContext, StepWork
+from nodeapp.worker.writes import (
+    CancelNoticed,
+    FinishedElsewhere,
+    OrderWrites,
+    restore,
+    snapshot,
+)
 
 log = logging.getLogger("orderflow.pipeline")
 
@@ -54,30 +60,7 @@ class HeartbeatLapsed(Exception):
 
 # Trouble that passes: the message comes back after the ack wait, the lease says who goes on.
 TRANSIENT = (BrokerUnavailable, GatewayUnavailable, StockContention)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunContext:
-    """What every order run on one node shares: who claims (node id, lease length), where
-    orders are stored, the steps and their effects, counters and metrics hooks, and whether the
-    node may go on."""
-
-    node_id: str
-    lease: float
-    store: OrderStore
-    steps: Steps
-    effects: ShopEffects
-    stats: NodeStats
-    observer: Observer
-    draining: asyncio.Event
-    fenced: Callable[[], bool]
-    # Keep the message and the lease alive well inside their limits.
-    keepalive_interval: float
-
-    @property
-    def short_steps(self) -> bool:
-        """Steps that end well within a keepalive interval need no keepalive."""
-        return self.steps.seconds * 2 < self.keepalive_interval
+FINISHED = {s: Outcome(s) for s in ("completed", "failed", "cancelled")}
 
 
 class OrderRun:
@@ -87,6 +70,13 @@ class OrderRun:
         self.ctx = ctx
         self.delivery = delivery
         self.order_id = delivery.order_id
+        self.writes = OrderWrites(ctx.store)
+        self.cancel_hint = asyncio.Event()  # a cancel of this order was announced
+        self.work = StepWork(ctx, delivery, self.writes, self.cancel_hint)
+
+    def hint_cancel(self) -> None:
+        """The api announced a cancel request: cut a payment wait short, re-read the order."""
+        self.cancel_hint.set()
 
     def _log(self, level: int, message: str, event: str, **fields: Any) -> None:
         log_order(log, level, message, event, self.order_id, self.ctx.node_id, **fields)
@@ -117,9 +107,10 @@ class OrderRun:
             # Its owner may have died between the terminal write and the notification.
             await self.ctx.effects.settle(order)
             return RunResult(Outcome.ALREADY_DONE)
-        if order.dead_letter is not None:
+        if order.dead_letter is not None and order.cancel_requested_at is None:
             # A message published before the order was dead-lettered (a re-drive, say): running
-            # it would repeat what exhausted the last one. ``POST /dlq/{id}/replay`` resumes it.
+            # it would repeat what exhausted the last one. ``POST /dlq/{id}/replay`` resumes it;
+            # a cancel re-drives it to compensate only.
             self._log(logging.INFO, "dead-lettered; message dropped", "order.parked")
             return RunResult(Outcome.PARKED)
         now = utcnow()
@@ -134,6 +125,7 @@ class OrderRun:
                 owner=holder.node_id,
             )
             return RunResult(Outcome.DEFERRED, retry_in=delay)
+        self.writes.seen(order)
         if lifecycle.claim(order, self.ctx.node_id, now, self.ctx.lease):
             self.ctx.stats.takeovers += 1
             assert order.owner is not None
@@ -142,9 +134,14 @@ class OrderRun:
 
     async def _drive(self, order: Order) -> Outcome:
         try:
+            if order.cancel_requested_at is not None:
+                return await self._cancel(order)
             if order.status == "rolling_back":
                 return await self._roll_back(order)
             return await self._advance(order)
+        except FinishedElsewhere as done:  # cancelled by the api before our claim was stored
+            await self.ctx.effects.settle(done.order)
+            return Outcome.ALREADY_DONE
         except RevisionConflict:
             self.ctx.stats.cas_conflicts += 1
             self._log(logging.WARNING, "lost the order to another writer", "order.lost")
@@ -175,114 +172,110 @@ class OrderRun:
 
     async def _advance(self, order: Order) -> Outcome:
         while (step := lifecycle.next_step(order)) is not None:
+            if self.cancel_hint.is_set():
+                self.cancel_hint.clear()
+                await self.writes.refresh(order)
+            if order.cancel_requested_at is not None:
+                return await self._cancel(order)
             if self.ctx.draining.is_set():
                 raise HandBack
             if self.ctx.fenced():
                 raise HeartbeatLapsed
-            now = utcnow()
-            lifecycle.start_step(order, step, self.ctx.node_id, now)
-            lifecycle.renew(order, now, self.ctx.lease)
-            await self._save(order)
-            self._log(
-                logging.INFO,
-                f"{step.name} started",
-                "step.started",
-                step=step.name,
-                attempt=step.attempt,
-            )
             try:
-                await self._run_step(order, step)
+                await self._start(order, step)
+                await self.work.action(order, step)
+            except CancelNoticed:
+                return await self._cancel(order)
+            except WaitInterrupted:
+                return await self._interrupted(order)
             except StepFailed as exc:
                 return await self._fail(order, step, exc.reason)
             lifecycle.complete_step(step, utcnow())
             self._log(
-                logging.INFO,
-                f"{step.name} completed",
-                "step.completed",
-                step=step.name,
-                attempt=step.attempt,
-            )
-        await asyncio.shield(self._finish(order, Outcome.COMPLETED))
-        self.ctx.stats.completed += 1
-        return Outcome.COMPLETED
+                logging.INFO, f"{step.name} completed", "step.completed",
+                step=step.name, attempt=step.attempt,
+            )  # fmt: skip
+        try:
+            return await asyncio.shield(self._finish(order))
+        except CancelNoticed:  # requested while the last step ran: it is undone too
+            return await self._cancel(order)
 
-    async def _run_step(self, order: Order, step: StepRecord) -> None:
-        assert order.owner is not None
-        call = StepCall(self.order_id, step.name, order.owner.epoch, step.attempt)
-        observer = self.ctx.observer
-        with tracer.start_as_current_span(f"step {step.name}") as span:
-            span.set_attributes(self._span_attributes(call))
-            started = time.monotonic()
-            try:
-                action = self.ctx.steps.action(order, call)
-                await self._with_keepalive(order, action, self.ctx.steps.may_wait(order, step.name))
-            except StepFailed as exc:
-                span.set_attribute("orderflow.outcome", "failed")
-                span.set_status(Status(StatusCode.ERROR, exc.reason))
-                observer.step_finished(step.name, time.monotonic() - started, "failed")
-                raise
-            span.set_attribute("orderflow.outcome", "completed")
-            observer.step_finished(step.name, time.monotonic() - started, "completed")
+    async def _start(self, order: Order, step: StepRecord) -> None:
+        """Store the step's start; ``CancelNoticed`` (the start undone) when a cancel came."""
+        before = snapshot(order)
+        now = utcnow()
+        lifecycle.start_step(order, step, self.ctx.node_id, now)
+        lifecycle.renew(order, now, self.ctx.lease)
+        try:
+            await self.writes.save(order, adopt=False)
+        except CancelNoticed:
+            restore(order, before)
+            raise
+        self._log(
+            logging.INFO, f"{step.name} started", "step.started",
+            step=step.name, attempt=step.attempt,
+        )  # fmt: skip
 
-    def _span_attributes(self, call: StepCall) -> dict[str, str | int]:
-        return {
-            "orderflow.order_id": call.order_id,
-            "orderflow.step": call.step,
-            "orderflow.node_id": self.ctx.node_id,
-            "orderflow.attempt": call.attempt,
-            "orderflow.epoch": call.epoch,
-        }
+    async def _interrupted(self, order: Order) -> Outcome:
+        """A cancel hint cut the payment wait short; the document must say so too, else the
+        hint was not ours to act on and the message comes back."""
+        await self.writes.refresh(order)
+        if order.cancel_requested_at is None:
+            raise RevisionConflict(self.order_id, order.revision or 0)
+        return await self._cancel(order)
 
     async def _fail(self, order: Order, step: StepRecord, reason: str) -> Outcome:
         now = utcnow()
         lifecycle.fail_step(order, step, reason, now)
         lifecycle.renew(order, now, self.ctx.lease)
-        await self._save(order)
+        await self.writes.save(order)
         self._log(
-            logging.INFO,
-            f"{step.name} failed: {reason}",
-            "step.failed",
-            step=step.name,
-            attempt=step.attempt,
-            reason=reason,
-        )
+            logging.INFO, f"{step.name} failed: {reason}", "step.failed",
+            step=step.name, attempt=step.attempt, reason=reason,
+        )  # fmt: skip
+        return await self._roll_back(order)
+
+    async def _cancel(self, order: Order) -> Outcome:
+        lifecycle.begin_cancel(order, utcnow(), self.ctx.lease)
+        self._log(logging.INFO, "cancel requested: compensating", "order.cancelling")
         return await self._roll_back(order)
 
     async def _roll_back(self, order: Order) -> Outcome:
         pending = lifecycle.to_compensate(order)
         for step in pending[:-1]:
             await self._compensate(order, step)
-            await self._save(order)
+            await self.writes.save(order)
         if pending:
             await self._compensate(order, pending[-1])
-        await asyncio.shield(self._finish(order, Outcome.FAILED))
-        self.ctx.stats.failed += 1
-        return Outcome.FAILED
+        try:
+            return await asyncio.shield(self._finish(order))
+        except CancelNoticed:  # requested during a failure's compensations: it ends cancelled
+            return await asyncio.shield(self._finish(order))
 
     async def _compensate(self, order: Order, step: StepRecord) -> None:
-        assert order.owner is not None
-        call = StepCall(self.order_id, step.name, order.owner.epoch, step.attempt)
-        with tracer.start_as_current_span(f"compensate {step.name}") as span:
-            span.set_attributes(self._span_attributes(call))
-            await self._with_keepalive(order, self.ctx.steps.compensate(order, call))
-            span.set_attribute("orderflow.outcome", "rolled_back")
+        await self.work.compensate(order, step)
         now = utcnow()
         lifecycle.compensated(step, now)
         lifecycle.renew(order, now, self.ctx.lease)
         self._log(
-            logging.INFO,
-            f"{step.name} rolled back",
-            "step.rolled_back",
-            step=step.name,
-            attempt=step.attempt,
-        )
+            logging.INFO, f"{step.name} rolled back", "step.rolled_back",
+            step=step.name, attempt=step.attempt,
+        )  # fmt: skip
 
-    async def _finish(self, order: Order, outcome: Outcome) -> None:
+    async def _finish(self, order: Order) -> Outcome:
         """Store the terminal state, then have the delivery answer: shielded by the callers so
-        a shutdown cannot cut in between."""
+        a shutdown cannot cut in between. ``CancelNoticed`` (nothing stored) when a cancel
+        request came meanwhile."""
+        before = snapshot(order)
         now = utcnow()
         lifecycle.finish(order, now)
-        await self._save(order)
+        try:
+            await self.writes.save(order, adopt=False)
+        except CancelNoticed:
+            restore(order, before)
+            raise
+        outcome = FINISHED[order.status]
+        _count(self.ctx.stats, outcome)
         failed_step = order.failure.step if order.failure else None
         latency = (now - order.start_time).total_seconds()
         self.ctx.observer.order_finished(order.status, failed_step, latency)
@@ -290,40 +283,25 @@ class OrderRun:
         await self.ctx.effects.settle(order)
         await self.delivery.answer(RunResult(outcome))
         self._log(logging.INFO, f"order {order.status}", f"order.{order.status}")
-        span = trace.get_current_span()
         if order.status == "failed":
-            span.set_status(Status(StatusCode.ERROR, "order failed"))
+            trace.get_current_span().set_status(Status(StatusCode.ERROR, "order failed"))
+        return outcome
 
     async def _hand_back(self, order: Order) -> Outcome:
         """Release the lease so another node continues at once; the delivery naks."""
         lifecycle.release(order, utcnow())
         try:
-            await self._save(order)
-        except (RevisionConflict, BrokerUnavailable) as exc:
+            await self.writes.save(order)
+        except (RevisionConflict, FinishedElsewhere, BrokerUnavailable) as exc:
             self._log(logging.WARNING, f"hand-back not stored: {exc}", "order.handback_failed")
             return Outcome.LOST
         return Outcome.HANDED_BACK
 
-    async def _with_keepalive(
-        self, order: Order, work: Coroutine[Any, Any, None], may_wait: bool = False
-    ) -> None:
-        """Await ``work`` while telling JetStream we are alive and keeping the lease fresh;
-        ``may_wait``: the work can outlast its simulated seconds (a payment verdict)."""
-        if self.ctx.short_steps and not may_wait:
-            await work
-            return
-        await while_beating(work, self.ctx.keepalive_interval, lambda: self._keepalive(order))
 
-    async def _keepalive(self, order: Order) -> None:
-        await self.delivery.keepalive()
-        owner = order.owner
-        now = utcnow()
-        if (
-            owner is not None
-            and (owner.lease_expires_at - now).total_seconds() < self.ctx.lease / 2
-        ):
-            lifecycle.renew(order, now, self.ctx.lease)
-            await self._save(order)
-
-    async def _save(self, order: Order) -> None:
-        await self.ctx.store.update(order)
+def _count(stats: NodeStats, outcome: Outcome) -> None:
+    if outcome is Outcome.COMPLETED:
+        stats.completed += 1
+    elif outcome is Outcome.FAILED:
+        stats.failed += 1
+    else:
+        stats.cancelled += 1

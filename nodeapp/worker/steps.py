@@ -66,11 +66,14 @@ class Steps:
         """Whether the step can take longer than its simulated work (a payment verdict)."""
         return self.effects.may_wait(step, order)
 
-    async def action(self, order: Order, call: StepCall) -> None:
-        """Run the step; ``StepFailed`` with the reason when it fails."""
+    async def action(
+        self, order: Order, call: StepCall, interrupt: asyncio.Event | None = None
+    ) -> None:
+        """Run the step; ``StepFailed`` with the reason when it fails. ``interrupt`` (a cancel
+        was announced) cuts a payment wait short: ``WaitInterrupted``."""
         if self.fault_injection and order.poison_at == call.step:
             self._die(call)
-        reason = await self.effects.apply(call.step, order, call.epoch)
+        reason = await self.effects.apply(call.step, order, call.epoch, interrupt)
         if reason is not None:
             raise StepFailed(call.step, reason)
         if self.seconds > 0:
@@ -92,6 +95,7 @@ class Steps:
             handler.flush()
         os._exit(POISON_EXIT_CODE)
 
-    async def compensate(self, order: Order, call: StepCall) -> None:
-        """Undo the step's effect; Processing's "cancel fulfilment" has nothing to undo."""
-        await self.effects.undo(call.step, order, call.epoch)
+    async def compensate(self, order: Order, call: StepCall, interrupted: bool = False) -> None:
+        """Undo the step's effect; Processing's "cancel fulfilment" has nothing to undo.
+        ``interrupted``: the step did not finish, its effect may be half done."""
+        await self.effects.undo(call.step, order, call.epoch, interrupted=interrupted)

@@ -8,7 +8,9 @@ from nodeapp.orders.model import Order
 from nodeapp.orders.store import HistoryEntry
 
 STEP_RANK = {"pending": 0, "running": 1, "completed": 2, "failed": 2, "rolled_back": 3}
-ORDER_RANK = {"accepted": 0, "running": 1, "rolling_back": 2, "completed": 3, "failed": 3}
+ORDER_RANK = {
+    "accepted": 0, "running": 1, "rolling_back": 2, "completed": 3, "failed": 3, "cancelled": 3,
+}  # fmt: skip
 
 
 def assert_history_sane(history: list[HistoryEntry]) -> list[Order]:
