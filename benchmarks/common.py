@@ -59,14 +59,19 @@ class Child(supervisor.Child):
             )
 
 
+REPO: Final = Path(__file__).resolve().parent.parent
+
+
 class Processes:
     """Owns every process a run starts and stops them all, synchronously and bounded in time.
 
     Stopping is synchronous so it also runs after the event loop is gone (Ctrl-C, SIGTERM).
+    ``tree``: the checkout whose ``nodeapp`` and ``api`` the children run (default this one).
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, tree: Path | None = None) -> None:
         self.folder = folder
+        self.tree = tree or REPO
         self.supervisor = supervisor.Supervisor(folder)
         self.server: NatsServer | None = None
 
@@ -76,9 +81,14 @@ class Processes:
         return self.server
 
     def spawn(self, name: str, role: str, args: Sequence[str], env: dict[str, str]) -> Child:
-        """``python args`` as ``name``, logging to ``<folder>/<name>.log``."""
+        """``python args`` as ``name`` in ``tree``, logging to ``<folder>/<name>.log``."""
         child = Child(
-            name, [sys.executable, *args], role=role, env=env, log_path=self.folder / f"{name}.log"
+            name,
+            [sys.executable, *args],
+            role=role,
+            env={**env, "PYTHONPATH": str(self.tree)},
+            log_path=self.folder / f"{name}.log",
+            cwd=self.tree,
         )
         self.supervisor.add(child)
         return child
@@ -172,16 +182,28 @@ async def wait_until(
         await asyncio.sleep(0.05)
 
 
+def node_command(node_id: str) -> list[str]:
+    return ["-m", "nodeapp", "node", "--node-id", node_id]
+
+
+def bare_node_command(node_id: str) -> list[str]:
+    """A node without the shop's effects (``benchmarks/bare_node.py``, run as a script so that
+    the ``nodeapp`` it imports is the tree's)."""
+    return [str(REPO / "benchmarks" / "bare_node.py"), "--node-id", node_id]
+
+
 async def start_nodes(
-    procs: Processes, settings: Settings, buckets: Buckets, k: int
+    procs: Processes,
+    settings: Settings,
+    buckets: Buckets,
+    k: int,
+    command: Callable[[str], list[str]] = node_command,
 ) -> list[Child]:
-    """K real node processes; ready when each one's heartbeat is in the ``nodes`` bucket."""
+    """K node processes (``python <command(node id)>``: by default ``orderflow node``); ready
+    when each one's heartbeat is in the ``nodes`` bucket."""
     env = child_env(settings)
     ids = [f"bench-node-{n}" for n in range(k)]
-    nodes = [
-        procs.spawn(f"node-{n}", "node", ["-m", "nodeapp", "node", "--node-id", i], env)
-        for n, i in enumerate(ids)
-    ]
+    nodes = [procs.spawn(f"node-{n}", "node", command(i), env) for n, i in enumerate(ids)]
     pending = set(ids)
 
     async def all_beating() -> bool:
@@ -333,6 +355,7 @@ class CpuMeter:
 class StepTimes(msgspec.Struct):
     start_time: datetime | None = None
     complete_time: datetime | None = None
+    node_id: str | None = None
 
 
 class OrderTimes(msgspec.Struct):

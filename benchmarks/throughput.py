@@ -69,7 +69,9 @@ from benchmarks.common import (
     Profiler,
     RawHttp,
     RssSampler,
+    bare_node_command,
     bench_folder,
+    node_command,
     percentile,
     sigint_ignored,
     snapshot,
@@ -124,6 +126,13 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     wait_quiet: float
     products: int
     payment_delay: float
+    free: bool = False
+    log_level: str = "INFO"
+    compare: bool = False
+    rounds: int = 1
+    engine_only: bool = False
+    tree: Path | None = None
+    against: Path | None = None
 
     @property
     def theoretical(self) -> float | None:
@@ -170,6 +179,13 @@ class Result(msgspec.Struct, kw_only=True):
     node_rss_mib: float | None
     api_rss_mib: float | None
     server_rss_mib: float | None
+    free: bool = False
+    log_level: str = "INFO"
+    engine_only: bool = False
+    tree: str | None = None
+    rss_mib: dict[str, float] = {}  # peak per process
+    orders_by_node: dict[str, int] = {}  # node process -> orders whose last step it ran
+    leaders: list[str] = []  # the node processes that logged taking the reconciler's lead
 
 
 # -- orders ----------------------------------------------------------------------------------
@@ -179,12 +195,18 @@ def product_ids(count: int) -> list[str]:
     return [f"bench-{n}" for n in range(count)]
 
 
-def catalog_items(count: int, orders: int) -> list[CatalogItem]:
-    """The benchmark catalog: ``count`` products at 1.25-12.50, each stocked for every unit
-    ``orders`` orders could take of it, so no order of the run fails ``out_of_stock``."""
+def catalog_items(count: int, orders: int, *, free: bool = False) -> list[CatalogItem]:
+    """The benchmark catalog: ``count`` products at 1.25-12.50 (0 when ``free``: nothing to pay,
+    so Pre-Processing skips the payment), each stocked for every unit ``orders`` orders could
+    take of it, so no order of the run fails ``out_of_stock``."""
     on_hand = orders * MAX_LINES * MAX_QUANTITY
     return [
-        CatalogItem(p, f"benchmark product {p}", Decimal(125 * (n + 1)) / 100, on_hand=on_hand)
+        CatalogItem(
+            p,
+            f"benchmark product {p}",
+            Decimal(0) if free else Decimal(125 * (n + 1)) / 100,
+            on_hand=on_hand,
+        )
         for n, p in enumerate(product_ids(count))
     ]
 
@@ -193,7 +215,8 @@ async def load_catalog(js: JetStreamContext, settings: Settings, opts: Options) 
     """Create the shop's buckets and stock the benchmark catalog (a fresh broker: all new);
     return bucket ``catalog``."""
     buckets = await ensure_shop_resources(js, settings)
-    report = await Catalog(js, buckets).load(catalog_items(opts.products, opts.orders))
+    items = catalog_items(opts.products, opts.orders, free=opts.free)
+    report = await Catalog(js, buckets).load(items)
     if report.stocked != opts.products:
         raise BenchError(f"the benchmark catalog was not stocked: {report}")
     return buckets.catalog
@@ -346,8 +369,9 @@ async def wait_terminal(
 
 
 def bench_settings(opts: Options, nats_url: str) -> Settings:
-    """What every child gets: the run's step, concurrency and failure rate, quiet logs; the api
-    (hosting the payment gateway) on a free port, the nodes pointed at it with its secret."""
+    """What every child gets: the run's step, concurrency and failure rate, the log level a user
+    runs (INFO unless ``--log-level``); the api (hosting the payment gateway) on a free port,
+    the nodes pointed at it with its secret."""
     api_port = free_port(LOOPBACK)
     return Settings(
         nats_url=nats_url,
@@ -359,13 +383,18 @@ def bench_settings(opts: Options, nats_url: str) -> Settings:
         api_url=f"http://{LOOPBACK}:{api_port}",
         payment_secret=secrets.token_urlsafe(32),
         payment_delay=opts.payment_delay,
-        log_level="WARNING",
+        log_level=opts.log_level,
         log_format="json",
     ).validate()
 
 
 class Run:
-    """One benchmark run against a cluster it starts; ``procs`` stops whatever it started."""
+    """One benchmark run against a cluster it starts; ``procs`` stops whatever it started.
+
+    The hooks ``prepare``, ``start_nodes`` and ``submitter`` are what ``benchmarks.ceiling``
+    replaces to run its lean pipeline through the same measurement."""
+
+    mode_name: str | None = None  # None: named after the submit path
 
     def __init__(self, opts: Options, procs: Processes, settings: Settings) -> None:
         self.opts = opts
@@ -376,6 +405,7 @@ class Run:
         self.profiler = Profiler(opts.profile) if opts.profile else None
         self.children: list[Child] = []
         self.state = Submitted(opts.orders, opts.seed, opts.products)
+        self.catalog: KeyValue | None = None
 
     def watch(self, label: str, pid: int, profile: bool = True) -> None:
         self.sampler.watch(label, pid)
@@ -383,19 +413,41 @@ class Run:
         if self.profiler is not None and profile:
             self.profiler.start(label, pid)
 
+    async def prepare(self, handles: Handles) -> None:
+        """The benchmark catalog, and the api: it hosts the payment gateway, so it runs in every
+        mode but ``--engine-only`` (with --http it also takes the submits)."""
+        self.catalog = await load_catalog(handles.js, self.settings, self.opts)
+        if self.opts.http or not self.opts.engine_only:
+            self.children.append(await start_api(self.procs, self.settings))
+
+    async def start_nodes(self, handles: Handles) -> list[Child]:
+        command = bare_node_command if self.opts.engine_only else node_command
+        return await start_nodes(
+            self.procs, self.settings, handles.buckets, self.opts.nodes, command
+        )
+
+    def submitter(self, handles: Handles, prices: CatalogCache | None, start: float) -> Submitter:
+        opts = self.opts
+        if not opts.http:
+            assert prices is not None
+            faults = self.settings.fault_injection
+            return direct_submitter(handles.intake, prices, opts, start, fault_injection=faults)
+        if opts.client == "httpx":
+            return httpx_submitter(self.settings.api_port, opts, start)
+        return raw_http_submitter(self.settings.api_port, opts, start)
+
     async def execute(self, handles: Handles) -> Result:
-        buckets = handles.buckets
-        catalog = await load_catalog(handles.js, self.settings, self.opts)
-        # The api hosts the payment gateway: it runs in every mode, takes submits with --http.
-        self.children.append(await start_api(self.procs, self.settings))
+        await self.prepare(handles)
         if not self.opts.preload:
-            self.children += await start_nodes(self.procs, self.settings, buckets, self.opts.nodes)
+            self.children += await self.start_nodes(handles)
         for child in self.children:
             self.watch(child.name, child.pid)
         self.watch("bench", os.getpid())
         sampling = asyncio.create_task(self.sampler.run(), name="rss-sampler")
         try:
-            async with CatalogCache(catalog) as prices:  # what the api prices submits from
+            if self.catalog is None:
+                return await self._measure(handles, None)
+            async with CatalogCache(self.catalog) as prices:  # what the api prices submits from
                 async with asyncio.timeout(READY_TIMEOUT):
                     await prices.loaded.wait()
                 return await self._measure(handles, prices)
@@ -405,39 +457,46 @@ class Run:
             if self.profiler is not None:
                 self.profiler.stop()
 
-    async def _measure(self, handles: Handles, prices: CatalogCache) -> Result:
+    async def _measure(self, handles: Handles, prices: CatalogCache | None) -> Result:
         opts = self.opts
-        js, buckets, store = handles.js, handles.buckets, handles.store
         self.cpu.start()
         first_submit = datetime.now(UTC)
         start = time.monotonic()
-        if not opts.http:
-            faults = self.settings.fault_injection
-            submit = direct_submitter(handles.intake, prices, opts, start, fault_injection=faults)
-        elif opts.client == "httpx":
-            submit = httpx_submitter(self.settings.api_port, opts, start)
-        else:
-            submit = raw_http_submitter(self.settings.api_port, opts, start)
-        await submit_all(submit, self.state, opts.clients)
+        await submit_all(self.submitter(handles, prices, start), self.state, opts.clients)
         submit_seconds = time.monotonic() - start
         if not self.state.ids:
             raise BenchError(f"no order was accepted: {self.state.errors}")
         if opts.preload:
-            nodes = await start_nodes(self.procs, self.settings, buckets, opts.nodes)
+            nodes = await self.start_nodes(handles)
             for node in nodes:
                 self.watch(node.name, node.pid)
             self.children += nodes
             self.cpu.start()
-        docs = await wait_terminal(js, store, self.state.ids, self.children)
+        docs = await wait_terminal(handles.js, handles.store, self.state.ids, self.children)
         self.cpu.stop()
         self.sampler.sample()
-        return _result(opts, self.state, docs, first_submit, submit_seconds, self.cpu, self.sampler)
+        result = _result(
+            opts, self.state, docs, first_submit, submit_seconds, self.cpu, self.sampler
+        )
+        if self.mode_name is not None:
+            result.mode = self.mode_name
+        result.leaders = [c.name for c in self.children if _led(c)]
+        return result
 
 
-async def run(opts: Options, procs: Processes) -> Result:
+def _led(child: Child) -> bool:
+    """Whether a node process logged taking the reconciler's lead (at INFO)."""
+    return child.name.startswith("node-") and any(
+        "reconciler.leader" in line for line in child.log_lines()
+    )
+
+
+async def run(opts: Options, procs: Processes, kind: type[Run] = Run) -> Result:
+    """One run of ``kind`` (orderflow, or ``benchmarks.ceiling``'s lean pipeline) on a fresh
+    broker."""
     server = await asyncio.to_thread(procs.start_server)
     settings = bench_settings(opts, server.url)
-    bench = Run(opts, procs, settings)
+    bench = kind(opts, procs, settings)
     if server.proc is not None:
         bench.watch("nats-server", server.proc.pid, profile=False)
     async with broker_handles(settings, "orderflow-bench") as handles:
@@ -518,15 +577,52 @@ def _result(
         node_rss_mib=sampler.peak_mib("node-"),
         api_rss_mib=sampler.peak_mib("api"),
         server_rss_mib=sampler.peak_mib("nats-server"),
+        free=opts.free,
+        log_level=opts.log_level,
+        engine_only=opts.engine_only,
+        tree=str(opts.tree) if opts.tree else None,
+        rss_mib={k: v / 2**20 for k, v in sampler.peaks.items()},
+        orders_by_node=_orders_by_node(orders),
     )
+
+
+def _orders_by_node(orders: list[OrderTimes]) -> dict[str, int]:
+    """How many orders each node process finished (``bench-node-N`` runs as ``node-N``)."""
+    counts: dict[str, int] = {}
+    for order in orders:
+        last = order.steps[-1].node_id if order.steps else None
+        if last is not None:
+            name = last.removeprefix("bench-")
+            counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 # -- output ----------------------------------------------------------------------------------
 
 
+def _own(r: Result, name: str) -> str:
+    """A node's CPU per order it finished itself, when there are several nodes."""
+    done = r.orders_by_node.get(name)
+    if r.nodes < 2 or not done:
+        return ""
+    total = r.cpu_ms_per_order[name] * (r.completed + r.failed)
+    return f" [{total / done:.3f} ms per own order, {done} orders]"
+
+
 def report(r: Result, opts: Options) -> str:
     """The human-readable result; ``--json`` adds the same numbers as one line."""
-    shared = f"nats-server, 1 api, {r.nodes}"
+    lean = r.mode == "ceiling"
+    api = "" if r.engine_only and not r.mode.startswith("http") else "1 api, "
+    shared = f"nats-server, {r.nodes} lean worker" if lean else f"nats-server, {api}{r.nodes}"
+    if lean:
+        shop = "no shop, no logs, no metrics (the lean pipeline)"
+    elif r.engine_only:
+        shop = f"engine only (no shop effects); log level {r.log_level}"
+    else:
+        paid = "priced 0 (no payment)" if r.free else f"payment verdict after {r.payment_delay:g}s"
+        shop = f"shop: {r.products} products, {paid}; log level {r.log_level}"
+    if r.tree and not lean:
+        shop += f"; nodes and api from {r.tree}"
     ratio = "n/a (D = 0)" if r.utilization is None else f"{r.utilization:.3f}"
     theory = "unbounded (D = 0)" if r.theoretical_per_s is None else f"{r.theoretical_per_s:.1f}"
     order_time = "4 x D" + (" + payment delay" if r.payment_delay else "")
@@ -537,24 +633,23 @@ def report(r: Result, opts: Options) -> str:
         else ""
     )
     cpu = ", ".join(
-        f"{k} {v:.3f} ms ({r.cpu_cores[k]:.2f} cores)"
+        f"{k} {v:.3f} ms ({r.cpu_cores[k]:.2f} cores)" + _own(r, k)
         for k, v in sorted(r.cpu_ms_per_order.items())
     )
     rss = ", ".join(
         f"{name} {v:.1f} MiB"
-        for name, v in (
-            ("node (max)", r.node_rss_mib),
-            ("api", r.api_rss_mib),
-            ("nats-server", r.server_rss_mib),
-        )
-        if v is not None
+        for name, v in sorted(r.rss_mib.items())
+        if name.startswith(("node-", "api", "nats-server"))
     )
     lines = [
-        f"orderflow throughput ({r.mode} submit{', preloaded' if r.preload else ''})",
-        f"  machine      {r.cpus} CPUs shared by {shared} node process(es) and this load generator",
+        (
+            f"ceiling: the lean pipeline{' (preloaded)' if r.preload else ''}"
+            if lean
+            else f"orderflow throughput ({r.mode} submit{', preloaded' if r.preload else ''})"
+        ),
+        f"  machine      {r.cpus} CPUs shared by {shared} process(es) and this load generator",
         f"  config       K={r.nodes} nodes, C={r.concurrency}, D={r.step_seconds:g}s, "
-        f"failure rate {r.failure_rate:g}, {opts.clients} submitters; shop: {r.products} "
-        f"products, payment verdict after {r.payment_delay:g}s",
+        f"failure rate {r.failure_rate:g}, {opts.clients} submitters; {shop}",
         f"  submitted    {r.accepted} accepted in {r.submit_seconds:.2f}s "
         f"({r.submit_per_s:.0f}/s), errors: {r.submit_errors or 'none'}",
         f"  done         {r.completed} completed, {r.failed} failed, "
@@ -570,7 +665,8 @@ def report(r: Result, opts: Options) -> str:
         f"overhead per step {r.overhead_per_step_ms:.3f} ms (slot time / 4 - D; meaningful "
         "while every slot stays busy, as in a backlog run)",
         f"  cpu/order    {cpu}",
-        f"  peak RSS     {rss}",
+        f"  peak RSS     {rss}"
+        + (f"; reconciler leader: {', '.join(r.leaders)}" if r.nodes > 1 and r.leaders else ""),
         f"  elsewhere    {r.other_cores:.2f} cores busy outside these processes during the run"
         + ("  << the machine was not quiet: numbers are skewed" if r.other_cores > 0.15 else ""),
     ]
@@ -631,6 +727,43 @@ def parse_args(argv: list[str] | None = None) -> Options:
         metavar="SECONDS",
         help="the simulated gateway's verdict delay (default 0: the payment machinery only)",
     )
+    p.add_argument(
+        "--free",
+        action="store_true",
+        help="price the benchmark products at 0: orders pay nothing, so the payment (authorize, "
+        "callback, capture) is skipped; stock and notifications stay",
+    )
+    p.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="nodes without the shop's effects (benchmarks/bare_node.py): the engine alone",
+    )
+    p.add_argument(
+        "--tree",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run the nodes and the api from another checkout (the harness stays this one)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        help="ORDERFLOW_LOG_LEVEL of the api and nodes (default INFO, what a user runs)",
+    )
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="run benchmarks.ceiling (the lean pipeline) and orderflow alternately, "
+        "--rounds times each, and print orderflow / ceiling",
+    )
+    p.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --compare: alternate with DIR's orderflow (same harness) instead of the ceiling",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="pairs of runs with --compare")
     p.add_argument("--json", action="store_true", help="also print one JSON result line")
     p.add_argument(
         "--wait-quiet",
@@ -641,9 +774,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     a = p.parse_args(argv)
     step = 0.0 if a.overhead else a.step_seconds
-    if a.nodes < 1 or a.concurrency < 1 or step < 0 or a.products < 1 or a.payment_delay < 0:
+    if min(a.nodes, a.concurrency, a.products, a.rounds) < 1 or step < 0 or a.payment_delay < 0:
         p.error(
-            "--nodes, --concurrency and --products must be >= 1, "
+            "--nodes, --concurrency, --products and --rounds must be >= 1, "
             "--step-seconds and --payment-delay >= 0"
         )
     slots = a.nodes * a.concurrency
@@ -672,20 +805,32 @@ def parse_args(argv: list[str] | None = None) -> Options:
         wait_quiet=a.wait_quiet,
         products=a.products,
         payment_delay=a.payment_delay,
+        free=a.free,
+        log_level=a.log_level.upper(),
+        compare=a.compare,
+        rounds=a.rounds,
+        engine_only=a.engine_only,
+        tree=a.tree.resolve() if a.tree else None,
+        against=a.against.resolve() if a.against else None,
     )
 
 
-async def _main(opts: Options, procs: Processes) -> Result:
+async def _main(opts: Options, procs: Processes, kind: type[Run]) -> Result:
     """The run under its deadline; SIGTERM cancels it like Ctrl-C does."""
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     async with asyncio.timeout(opts.timeout):
-        return await run(opts, procs)
+        return await run(opts, procs, kind)
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    if opts.compare or opts.against:
+        # Imported here: ``benchmarks.ceiling`` builds on this module's ``Run``.
+        from benchmarks.ceiling import compare
+
+        return compare(opts)
     try:
         if opts.wait_quiet > 0:
             wait_for_quiet(opts.wait_quiet)
@@ -707,12 +852,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_cleanly(opts: Options) -> Result:
+def run_cleanly(opts: Options, kind: type[Run] = Run) -> Result:
     """Run on uvloop; whatever happens, stop every process the run started (the broker last)."""
     with bench_folder(opts.keep) as folder:
-        procs = Processes(folder)
+        procs = Processes(folder, opts.tree)
         try:
-            return uvloop.run(_main(opts, procs))
+            return uvloop.run(_main(opts, procs, kind))
         finally:
             with sigint_ignored():
                 procs.stop_all()

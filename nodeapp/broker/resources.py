@@ -181,6 +181,10 @@ async def ensure_resources(js: JetStreamContext, settings: Settings) -> Buckets:
                 history=ORDER_HISTORY,
                 storage=storage,
                 replicas=settings.replicas,
+                # Direct gets skip the JSON API (base64 body, headers through ``email``): the
+                # node's read of each order costs less. One replica only: on R3 a follower
+                # may answer with a stale or missing document (nats-server issue 4710).
+                direct=settings.replicas == 1,
             ),
         )
         nodes = await ensure_bucket(

@@ -16,11 +16,12 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from nodeapp.broker.connection import connection, jetstream
+from nodeapp.broker.connection import broker_errors, connection, jetstream
+from nodeapp.broker.requests import Replies
 from nodeapp.broker.resources import Buckets, ensure_resources_patiently
 from nodeapp.core.settings import Settings
 from nodeapp.orders.intake import Intake
-from nodeapp.orders.store import OrderStore
+from nodeapp.orders.store import ORDERS_KV_STREAM, OrderStore
 
 
 class Handles(msgspec.Struct, frozen=True):
@@ -38,7 +39,10 @@ async def open_handles(nc: NATS, settings: Settings, within: float = 30.0) -> Ha
     seconds while the broker is unreachable or a new cluster is still electing leaders."""
     js = jetstream(nc, settings)
     buckets = await ensure_resources_patiently(js, settings, within)
-    store = OrderStore(buckets.orders)
+    with broker_errors("reading the orders bucket's configuration"):
+        direct = bool((await js.stream_info(ORDERS_KV_STREAM)).config.allow_direct)
+        replies = await Replies(nc, settings.request_timeout).open()
+    store = OrderStore(buckets.orders, replies, direct=direct)
     return Handles(nc, js, buckets, store, Intake(js, store, buckets.idempotency))
 
 

@@ -3,6 +3,10 @@
 The first write is ``create`` (fails if the key exists); every later write is
 ``update(..., last=revision)``, so a writer that read a stale document loses instead of
 overwriting someone else's progress.
+
+Each revision also carries the order's status in a header (``Orderflow-Status``), stored with
+it: the reconciler follows the bucket's headers only (ADR 0019) and learns which orders are
+still open without reading a document.
 """
 
 from __future__ import annotations
@@ -18,10 +22,18 @@ from nats.js.kv import KeyValue
 
 from nodeapp.broker.connection import broker_errors
 from nodeapp.broker.kv import each_entry, stored_at
+from nodeapp.broker.requests import Replies
+from nodeapp.broker.resources import ORDERS_BUCKET
 from nodeapp.core.errors import OrderExists, OrderNotFound, RevisionConflict
 from nodeapp.orders.model import Order, decode_order, encode
 
 HISTORY_TIMEOUT: Final = 5.0  # seconds to wait for the next revision of a history read
+STATUS_HEADER: Final = "Orderflow-Status"  # the order's status, stored with each revision
+EXPECTED_REVISION: Final = "Nats-Expected-Last-Subject-Sequence"
+WRONG_REVISION: Final = frozenset({10071, 10164})  # JetStream: the key's last revision differs
+ORDERS_KV_STREAM: Final = f"KV_{ORDERS_BUCKET}"
+KV_OPERATION: Final = "KV-Operation"
+REMOVED: Final = frozenset({"DEL", "PURGE"})  # a delete or purge marker: no document
 
 
 class HistoryEntry(msgspec.Struct):
@@ -34,36 +46,85 @@ class HistoryEntry(msgspec.Struct):
 
 
 class OrderStore:
-    """Reads and compare-and-set writes of order documents; translates KV errors into ours."""
+    """Reads and compare-and-set writes of order documents; translates KV errors into ours.
 
-    def __init__(self, kv: KeyValue) -> None:
+    Requests go through ``replies`` (``nodeapp.broker.requests``); reads are direct gets when
+    the bucket allows them (``direct``: one replica, ADR 0019), else the JSON API's."""
+
+    def __init__(self, kv: KeyValue, replies: Replies, *, direct: bool = False) -> None:
         self.kv = kv
+        self.replies = replies
+        self.direct = direct
+        self._subject = f"$KV.{ORDERS_BUCKET}."
 
     async def get(self, order_id: str) -> Order:
         with broker_errors(f"reading order {order_id}"):
-            try:
-                entry = await self.kv.get(order_id)
-            except nats.js.errors.KeyNotFoundError:
-                raise OrderNotFound(order_id) from None
-        if entry.value is None:
+            if self.direct:
+                value, revision = await self._direct_get(order_id)
+            else:
+                try:
+                    entry = await self.kv.get(order_id)
+                except nats.js.errors.KeyNotFoundError:
+                    raise OrderNotFound(order_id) from None
+                value, revision = entry.value, entry.revision
+        if not value:
             raise OrderNotFound(order_id)
-        order = decode_order(entry.value)
-        order.revision = entry.revision
+        order = decode_order(value)
+        order.revision = revision
         return order
+
+    async def _direct_get(self, order_id: str) -> tuple[bytes | None, int | None]:
+        msg = await self.replies.direct_get(ORDERS_KV_STREAM, self._subject + order_id)
+        if msg is None or not msg.headers or msg.headers.get(KV_OPERATION) in REMOVED:
+            return None, None
+        return msg.data, int(msg.headers["Nats-Sequence"])
 
     async def create(self, order: Order) -> int:
         """Store a new document; ``OrderExists`` if the id is taken."""
         order.revision = None
         with broker_errors(f"creating order {order.order_id}"):
             try:
-                revision: int = await self.kv.create(order.order_id, encode(order))
+                revision = await self._write(order, 0)
             except nats.js.errors.KeyWrongLastSequenceError:
-                raise OrderExists(order.order_id) from None
+                # A withdrawn order's id is free again: its delete marker is the last revision.
+                revision = await self._write(order, await self._deleted_at(order.order_id))
         order.revision = revision
         return revision
 
-    async def update(self, order: Order) -> int:
-        """Write ``order`` if nobody wrote since ``order.revision``; sets the new revision."""
+    async def _deleted_at(self, order_id: str) -> int:
+        """The revision of the key's delete marker; ``OrderExists`` if it holds a document."""
+        try:
+            await self.kv.get(order_id)
+        except nats.js.errors.KeyNotFoundError as exc:
+            if exc.entry is not None and exc.entry.revision:
+                return int(exc.entry.revision)
+        raise OrderExists(order_id)
+
+    async def _write(self, order: Order, last: int, document: bytes | None = None) -> int:
+        """``KeyValue.update`` with the status header stored alongside the document."""
+        headers = {EXPECTED_REVISION: str(last), STATUS_HEADER: order.status}
+        subject = self._subject + order.order_id
+        data = encode(order) if document is None else document
+        try:
+            return await self.replies.publish(subject, data, headers)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in WRONG_REVISION:
+                moved = nats.js.errors.KeyWrongLastSequenceError(description=exc.description)
+                raise moved from None
+            raise
+
+    @staticmethod
+    def encode(order: Order) -> bytes:
+        """The document as stored: its revision is not part of it."""
+        revision, order.revision = order.revision, None
+        try:
+            return encode(order)
+        finally:
+            order.revision = revision
+
+    async def update(self, order: Order, document: bytes | None = None) -> int:
+        """Write ``order`` if nobody wrote since ``order.revision``; sets the new revision.
+        ``document``: the order as ``encode`` gives it, when the caller has it already."""
         expected = order.revision
         if expected is None:
             raise ValueError("update() needs an order read from the store")
@@ -71,9 +132,7 @@ class OrderStore:
         try:
             with broker_errors(f"updating order {order.order_id}"):
                 try:
-                    revision: int = await self.kv.update(
-                        order.order_id, encode(order), last=expected
-                    )
+                    revision = await self._write(order, expected, document)
                 except nats.js.errors.KeyWrongLastSequenceError:
                     raise RevisionConflict(order.order_id, expected) from None
         except BaseException:

@@ -52,6 +52,11 @@ class ShopEffects:
         """Whether the step's effect can outlast a keepalive interval (the payment verdict)."""
         return step == PRE_PROCESSING and chargeable(order) is not None
 
+    def acts(self, step: str, order: Order) -> bool:
+        """Whether the step has an effect for this order: all but Processing, and
+        Pre-Processing only when there is something to pay."""
+        return step != PROCESSING and (step != PRE_PROCESSING or chargeable(order) is not None)
+
     async def apply(
         self, step: str, order: Order, epoch: int, interrupt: asyncio.Event | None = None
     ) -> str | None:

@@ -34,7 +34,7 @@ from nodeapp.orders.model import decode_work, utcnow
 from nodeapp.worker.delivery import WorkAnswers
 from nodeapp.worker.effects import ShopEffects
 from nodeapp.worker.observer import Observer
-from nodeapp.worker.pipeline import OrderRun
+from nodeapp.worker.pipeline import OrderRun, Slot
 from nodeapp.worker.pulls import WorkPulls
 from nodeapp.worker.steps import Steps
 from nodeapp.worker.stepwork import RunContext
@@ -44,6 +44,23 @@ log = logging.getLogger("orderflow.node")
 FETCH_TIMEOUT: Final = 1.0  # how long one pull request waits for messages
 RETRY_PAUSE: Final = 0.5
 _ID_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-_")
+
+
+class TaskSlot(Slot):
+    """A run's slot, counted by its task: a task in ``released`` holds none."""
+
+    def __init__(
+        self, task: asyncio.Task[None], released: set[asyncio.Task[None]], freed: asyncio.Event
+    ) -> None:
+        self.task, self.released, self.freed = task, released, freed
+
+    def release(self) -> None:
+        if not self.task.done():
+            self.released.add(self.task)
+            self.freed.set()
+
+    def retake(self) -> None:
+        self.released.discard(self.task)
 
 
 def make_node_id() -> str:
@@ -102,6 +119,7 @@ class Node:
         self.ops_url: str | None = None
         self.runs: dict[str, OrderRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._released: set[asyncio.Task[None]] = set()  # tasks that gave their slot back
         self._slot_free = asyncio.Event()
 
     def fenced(self) -> bool:
@@ -111,7 +129,9 @@ class Node:
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        """Slots taken: tasks that have not given theirs back (a finished order's last write,
+        notification and ack run outside its slot)."""
+        return len(self._tasks) - len(self._released)
 
     def drain(self) -> None:
         """Ask the node to stop taking work and hand back what it holds; safe to call twice."""
@@ -137,7 +157,12 @@ class Node:
         stopped = asyncio.Event()
         heartbeat = asyncio.create_task(self.membership.run(stopped), name="heartbeat")
         reconciler = Reconciler(
-            self.settings, self.js, self.buckets.reconciler, self.node_id, self.stats
+            self.settings,
+            self.js,
+            self.buckets.reconciler,
+            self.context.store,
+            self.node_id,
+            self.stats,
         )
         # A draining node stops competing for (and resigns) the reconciler's lead.
         reconciling = asyncio.create_task(reconciler.run(self.draining), name="reconciler")
@@ -167,7 +192,7 @@ class Node:
             if self.fenced():
                 await self._pause()  # until the heartbeat loop gets through again
                 continue
-            free = self.settings.concurrency - len(self._tasks)
+            free = self.settings.concurrency - self.in_flight
             if free <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
@@ -215,7 +240,7 @@ class Node:
             return
         run = OrderRun(self.context, self.answers.delivery(msg, order_id))
         self.runs[order_id] = run
-        self._spawn(self._process(run))
+        run.slot = TaskSlot(self._spawn(self._process(run)), self._released, self._slot_free)
 
     def _cancel_hinted(self, order_id: str) -> None:
         """The api announced a cancel: the run of that order, if it is ours, looks now."""
@@ -223,13 +248,15 @@ class Node:
         if run is not None:
             run.hint_cancel()
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._released.discard(task)
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             # Deliveries settle everything they expect; anything else is a bug worth shouting about.

@@ -1,10 +1,16 @@
 """One shape for every log line about an order on a node: the event, the order and node ids, and
-the step and attempt (None outside a step), so a reader can filter on any of them."""
+the step and attempt (None outside a step), so a reader can filter on any of them.
+
+These are the hot path's lines (one per order transition at INFO): when the process logs JSON
+to stderr and nothing else listens, the line is encoded and queued directly, without a
+LogRecord (``nodeapp.core.logs.direct_lines``); the same line either way."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+from nodeapp.core.logs import direct_lines
 
 
 def log_order(
@@ -26,4 +32,8 @@ def log_order(
             "attempt": None,
         }
         extra.update(fields)
-        logger.log(level, message, extra=extra)
+        lines = direct_lines(logger)
+        if lines is None:
+            logger.log(level, message, extra=extra)
+        else:
+            lines.put(level, logger.name, message, extra)

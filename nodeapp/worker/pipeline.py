@@ -29,7 +29,7 @@ from nodeapp.core.errors import (
     RevisionConflict,
     StockContention,
 )
-from nodeapp.core.tracing import extract_context, tracer
+from nodeapp.core.tracing import span
 from nodeapp.orders import lifecycle
 from nodeapp.orders.model import Order, StepRecord, utcnow
 from nodeapp.shop.payments import WaitInterrupted
@@ -63,6 +63,18 @@ TRANSIENT = (BrokerUnavailable, GatewayUnavailable, StockContention)
 FINISHED = {s: Outcome(s) for s in ("completed", "failed", "cancelled")}
 
 
+class Slot:
+    """The node slot a run holds. The node counts it free on ``release`` (the terminal state is
+    stamped: the next order's fetch overlaps this one's last write, notification and ack) and
+    taken again on ``retake`` (that write found a cancel request: the order goes on)."""
+
+    def release(self) -> None:
+        """The run needs no slot any more."""
+
+    def retake(self) -> None:
+        """The run needs its slot again."""
+
+
 class OrderRun:
     """One node's attempt at one order, for one delivery of its work message."""
 
@@ -70,6 +82,7 @@ class OrderRun:
         self.ctx = ctx
         self.delivery = delivery
         self.order_id = delivery.order_id
+        self.slot = Slot()  # the node's, once it has spawned the run
         self.writes = OrderWrites(ctx.store)
         self.cancel_hint = asyncio.Event()  # a cancel of this order was announced
         self.work = StepWork(ctx, delivery, self.writes, self.cancel_hint)
@@ -82,17 +95,20 @@ class OrderRun:
         log_order(log, level, message, event, self.order_id, self.ctx.node_id, **fields)
 
     async def run(self) -> RunResult:
-        parent = extract_context(self.delivery.msg.headers)
-        with tracer.start_as_current_span(
-            "orders.work process", context=parent, kind=SpanKind.CONSUMER
-        ) as span:
-            span.set_attribute("messaging.system", "nats")
-            span.set_attribute("messaging.destination.name", "orders.work")
-            span.set_attribute("messaging.message.id", self.order_id)
-            span.set_attribute("orderflow.order_id", self.order_id)
-            span.set_attribute("orderflow.node_id", self.ctx.node_id)
+        headers = self.delivery.msg.headers or {}
+        with span("orders.work process", kind=SpanKind.CONSUMER, parent_headers=headers) as sp:
+            if sp.is_recording():
+                sp.set_attributes(
+                    {
+                        "messaging.system": "nats",
+                        "messaging.destination.name": "orders.work",
+                        "messaging.message.id": self.order_id,
+                        "orderflow.order_id": self.order_id,
+                        "orderflow.node_id": self.ctx.node_id,
+                    }
+                )
             result = await self._run()
-            span.set_attribute("orderflow.outcome", result.outcome.value)
+            sp.set_attribute("orderflow.outcome", result.outcome.value)
             return result
 
     async def _run(self) -> RunResult:
@@ -182,8 +198,7 @@ class OrderRun:
             if self.ctx.fenced():
                 raise HeartbeatLapsed
             try:
-                await self._start(order, step)
-                await self.work.action(order, step)
+                await self.work.begin(order, step)
             except CancelNoticed:
                 return await self._cancel(order)
             except WaitInterrupted:
@@ -199,22 +214,6 @@ class OrderRun:
             return await asyncio.shield(self._finish(order))
         except CancelNoticed:  # requested while the last step ran: it is undone too
             return await self._cancel(order)
-
-    async def _start(self, order: Order, step: StepRecord) -> None:
-        """Store the step's start; ``CancelNoticed`` (the start undone) when a cancel came."""
-        before = snapshot(order)
-        now = utcnow()
-        lifecycle.start_step(order, step, self.ctx.node_id, now)
-        lifecycle.renew(order, now, self.ctx.lease)
-        try:
-            await self.writes.save(order, adopt=False)
-        except CancelNoticed:
-            restore(order, before)
-            raise
-        self._log(
-            logging.INFO, f"{step.name} started", "step.started",
-            step=step.name, attempt=step.attempt,
-        )  # fmt: skip
 
     async def _interrupted(self, order: Order) -> Outcome:
         """A cancel hint cut the payment wait short; the document must say so too, else the
@@ -269,10 +268,12 @@ class OrderRun:
         before = snapshot(order)
         now = utcnow()
         lifecycle.finish(order, now)
+        self.slot.release()  # after the stamp: the next order's first step starts later
         try:
             await self.writes.save(order, adopt=False)
         except CancelNoticed:
             restore(order, before)
+            self.slot.retake()
             raise
         outcome = FINISHED[order.status]
         _count(self.ctx.stats, outcome)

@@ -12,10 +12,12 @@ the run reads the document again and compares it with what it last knew of it:
 
 from __future__ import annotations
 
+import copy
+
 import msgspec
 
 from nodeapp.core.errors import OrderNotFound, RevisionConflict
-from nodeapp.orders.model import Order, decode_order, encode
+from nodeapp.orders.model import Order, encode
 from nodeapp.orders.store import OrderStore
 
 
@@ -33,8 +35,15 @@ class FinishedElsewhere(Exception):
 
 
 def snapshot(order: Order) -> Order:
-    """A deep copy, to undo a transition whose write did not happen (a few microseconds)."""
-    return decode_order(encode(order))
+    """A copy deep enough to undo a transition whose write did not happen: the parts a
+    transition or an effect changes in place (the steps, the owner, the payment) are copied,
+    the rest is shared (replaced whole, never changed in place)."""
+    return msgspec.structs.replace(
+        order,
+        steps=[copy.copy(step) for step in order.steps],
+        owner=copy.copy(order.owner),
+        payment=copy.copy(order.payment),
+    )
 
 
 def restore(order: Order, before: Order) -> None:
@@ -56,6 +65,7 @@ class OrderWrites:
     def __init__(self, store: OrderStore) -> None:
         self.store = store
         self._known = b""  # the document as last read or written, as ``_image`` shows it
+        self.saved = False  # a write of this run was stored (the first one is the claim)
 
     def seen(self, order: Order) -> None:
         self._known = _image(order)
@@ -65,14 +75,17 @@ class OrderWrites:
         with the request adopted (``adopt``: a lease renewal, a compensation) or raise
         ``CancelNoticed`` without writing (a step's start, the order's end)."""
         while True:
+            document = self.store.encode(order)
             try:
-                await self.store.update(order)
+                await self.store.update(order, document)
             except RevisionConflict:
                 self._judge(order, await self._read(order))
                 if not adopt:
                     raise CancelNoticed from None
                 continue
-            self._known = _image(order)
+            # What was stored is the image unless it carries a cancel request.
+            self._known = document if order.cancel_requested_at is None else _image(order)
+            self.saved = True
             return
 
     async def refresh(self, order: Order) -> None:
