@@ -22,6 +22,7 @@ import sys
 import uvloop
 from nats.js import JetStreamContext
 
+import nodeapp.cli.node as wiring
 from nodeapp.broker.connection import connection
 from nodeapp.core.logs import configure_logging
 from nodeapp.core.settings import Settings, load_settings
@@ -71,6 +72,10 @@ async def serve(settings: Settings, node_id: str) -> None:
         node = Node(settings, handles, NoEffects(handles.js, stock), node_id, metrics.observer)
         metrics.attach(node)
         async with ops_listener(settings, node, nc, metrics), node_service(nc, node):
+            # As ``orderflow node`` does, in a tree whose wiring has it (ADR 0019).
+            settle_heap = getattr(wiring, "settle_heap", None)
+            if settle_heap is not None:
+                settle_heap()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, node.drain)

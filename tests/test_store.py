@@ -78,3 +78,12 @@ async def test_a_withdrawn_order_reads_as_missing_and_its_id_can_be_stored_again
 
 def _order_with_id(order_id: str) -> Order:
     return new_order(order_id, "c-2", [Item("p-2", 2)], None)
+
+
+async def test_direct_gets_are_used_only_where_they_are_answered(broker: Handles) -> None:
+    """A bucket without direct gets (as on three replicas, or a user not allowed to ask) is read
+    through the JSON API: the probe at start says which."""
+    replies = broker.store.replies
+    assert await replies.can_direct_get(ORDERS_KV_STREAM, "$KV.orders.nothing-here")
+    await broker.js.create_key_value(bucket="nodirect", history=2)
+    assert not await replies.can_direct_get("KV_nodirect", "$KV.nodirect.nothing-here")

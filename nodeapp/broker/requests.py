@@ -92,6 +92,15 @@ class Replies:
             )
         return ack.seq
 
+    async def can_direct_get(self, stream: str, subject: str) -> bool:
+        """Whether a direct get on ``stream`` is answered at all (the stream allows it and our
+        user may ask): asked once, at start, with a subject that holds nothing."""
+        try:
+            await self.direct_get(stream, subject)
+        except (nats.errors.Error, nats.js.errors.APIError, TimeoutError):
+            return False
+        return True
+
     async def direct_get(self, stream: str, subject: str) -> Msg | None:
         """The last message on ``subject`` by direct get (the stream must allow it), None when
         there is none."""

@@ -10,6 +10,7 @@ once the node has drained.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 
@@ -33,7 +34,16 @@ async def serve_node(settings: Settings, node_id: str | None = None) -> None:
             metrics.attach(node)
             # The ops listener first: it sets node.ops_url, which the micro service advertises.
             async with ops_listener(settings, node, nc, metrics), node_service(nc, node):
+                settle_heap()
                 await _run_until_signalled(node)
+
+
+def settle_heap() -> None:
+    """Everything built so far lives as long as the process: move it out of the collector's
+    reach, so a full collection scans what orders leave behind instead of the ~60 000 objects
+    of the imports and the wiring (30 ms here, every order in flight waiting; ADR 0019)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _run_until_signalled(node: Node) -> None:

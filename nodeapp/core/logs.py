@@ -34,6 +34,7 @@ _RESERVED: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {
 _encoder = msgspec.json.Encoder()
 FLUSH_TIMEOUT: Final = 5.0
 GATHER: Final = 0.02  # seconds the writer lets lines gather before it writes them
+MAX_BATCH: Final = 1000  # lines written at most in one write
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -121,17 +122,23 @@ def encode_line(formatter: logging.Formatter, record: logging.LogRecord) -> byte
 
 
 class LineWriter(logging.handlers.QueueListener):
-    """The thread that writes queued lines to ``stream``, flushing once the queue is empty."""
+    """The thread that writes queued lines to ``stream``: what has gathered, in one write."""
 
     def __init__(self, lines: queue.SimpleQueue[Any], stream: IO[bytes]) -> None:
         super().__init__(lines)
         self.lines = lines
         self.stream = stream
         self.running = False
+        self._batch: list[bytes] = []
 
     def start(self) -> None:
         super().start()
         self.running = True
+
+    def stop(self) -> None:
+        self.running = False
+        super().stop()
+        self._write_batch()
 
     def dequeue(self, block: bool) -> Any:
         """The next line; when none is queued, first let lines gather for ``GATHER`` seconds, so
@@ -140,25 +147,26 @@ class LineWriter(logging.handlers.QueueListener):
             time.sleep(GATHER)
         return self.lines.get(block)
 
-    def stop(self) -> None:
-        self.running = False
-        super().stop()
-        self._write(self.stream.flush)
-
     def handle(self, record: Any) -> None:
         if isinstance(record, threading.Event):  # a flush marker: all before it is written
-            self._write(self.stream.flush)
+            self._write_batch()
             record.set()
-        elif self._write(lambda: self.stream.write(record)) and self.lines.empty():
-            self._write(self.stream.flush)
+            return
+        self._batch.append(record)
+        if self.lines.empty() or len(self._batch) >= MAX_BATCH:
+            self._write_batch()
 
-    @staticmethod
-    def _write(action: Any) -> bool:
+    def _write_batch(self) -> None:
+        """One write and flush for the lines gathered (stderr is often unbuffered)."""
+        if not self._batch:
+            return
+        data = b"".join(self._batch)
+        self._batch.clear()
         try:
-            action()
+            self.stream.write(data)
+            self.stream.flush()
         except (OSError, ValueError):  # stderr closed or gone: nowhere left to say so
-            return False
-        return True
+            return
 
 
 class LineQueue(logging.handlers.QueueHandler):

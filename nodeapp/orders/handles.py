@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -22,6 +22,8 @@ from nodeapp.broker.resources import Buckets, ensure_resources_patiently
 from nodeapp.core.settings import Settings
 from nodeapp.orders.intake import Intake
 from nodeapp.orders.store import ORDERS_KV_STREAM, OrderStore
+
+DIRECT_PROBE: Final = "$KV.orders.direct-get-probe"  # no order has this key (not a ULID)
 
 
 class Handles(msgspec.Struct, frozen=True):
@@ -40,8 +42,10 @@ async def open_handles(nc: NATS, settings: Settings, within: float = 30.0) -> Ha
     js = jetstream(nc, settings)
     buckets = await ensure_resources_patiently(js, settings, within)
     with broker_errors("reading the orders bucket's configuration"):
-        direct = bool((await js.stream_info(ORDERS_KV_STREAM)).config.allow_direct)
+        allowed = bool((await js.stream_info(ORDERS_KV_STREAM)).config.allow_direct)
         replies = await Replies(nc, settings.request_timeout).open()
+    # A user whose permissions lack $JS.API.DIRECT.GET reads through the JSON API instead.
+    direct = allowed and await replies.can_direct_get(ORDERS_KV_STREAM, DIRECT_PROBE)
     store = OrderStore(buckets.orders, replies, direct=direct)
     return Handles(nc, js, buckets, store, Intake(js, store, buckets.idempotency))
 
