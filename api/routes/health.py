@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from api.broker_link import broker_link
 from api.paths import HEALTHZ, READYZ
 from api.responses import JSON, AnyRequest
-from api.routes.openapi import json_spec, problem_spec
+from api.routes.openapi import checked_query, json_spec, problem_spec
 from api.schemas import HealthStatus
 from nodeapp.broker.connection import broker_errors
 from nodeapp.broker.resources import NODES_BUCKET, ORDERS_BUCKET, ORDERS_STREAM, WORKERS_CONSUMER
@@ -35,7 +35,7 @@ _READY: Final = encode(HealthStatus("ready"))
 @get(
     HEALTHZ,
     summary="Liveness",
-    responses={200: json_spec(HealthStatus, "Alive")},
+    responses=checked_query({200: json_spec(HealthStatus, "Alive")}),
 )
 async def healthz() -> Response[bytes]:
     return Response(_OK, media_type=JSON)
@@ -71,10 +71,12 @@ async def _missing(what: str, check: Callable[[], Awaitable[object]]) -> str | N
 @get(
     READYZ,
     summary="Readiness",
-    responses={
-        200: json_spec(HealthStatus, "Ready to take orders"),
-        503: problem_spec("Broker unreachable or a JetStream resource missing"),
-    },
+    responses=checked_query(
+        {
+            200: json_spec(HealthStatus, "Ready to take orders"),
+            503: problem_spec("Broker unreachable or a JetStream resource missing"),
+        }
+    ),
 )
 async def readyz(request: AnyRequest) -> Response[bytes]:
     link = broker_link(request)

@@ -12,7 +12,8 @@
     ├── InvalidOrder         input that cannot become an order; carries per-field errors (4xx)
     │   ├── InvalidProduct   ... or a product, a catalog file, a catalog page request
     │   ├── InvalidPaymentMessage  ... or a gateway request or callback body (422)
-    │   └── InvalidTokenRequest  ... or an API token request: name, scopes, customer, ttl (422)
+    │   ├── InvalidTokenRequest  ... or an API token request: name, scopes, customer, ttl (422)
+    │   └── InvalidQuery     ... or a query parameter the route does not read (422)
     ├── ResourceMissing      a stream, consumer or bucket is gone (HTTP 503 until recreated)
     ├── NodeNotFound         no live node with that id in the registry (HTTP 404)
     ├── NodeUnresponsive     a registered node did not answer a control request (HTTP 502-504)
@@ -272,6 +273,13 @@ class InvalidTokenRequest(InvalidOrder):
     """An API token request that cannot be granted (unknown scope, bad name, customer or ttl).
 
     An ``InvalidOrder`` so the api answers it the same way: 422 problem+json naming each field.
+    """
+
+
+class InvalidQuery(InvalidOrder):
+    """Query parameters the route does not read (a typo would silently change nothing).
+
+    An ``InvalidOrder`` so the api answers it the same way: 422 problem+json naming each one.
     """
 
 

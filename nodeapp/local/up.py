@@ -44,7 +44,8 @@ from nodeapp.shop.payment_messages import SIM_PREFIX
 MONITOR_PORT: Final = 8222  # nats-server's usual monitoring port, kept when it is free
 API_START_TIMEOUT: Final = 20.0
 SECRETS_DIR: Final = "secrets"  # under the data folder: one file per secret, mode 0600
-KEPT_SECRETS: Final = ("payment_secret", "notify_secret")  # settings fields up fills in
+# Settings fields up fills in (the session secret keeps console forms valid across restarts).
+KEPT_SECRETS: Final = ("payment_secret", "notify_secret", "session_secret")
 WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})
 # ``http: 127.0.0.1:8222``, ``http_port = 8222``, ``monitor_port 8222`` (nats.conf syntax)
 _MONITOR_SETTING: Final = re.compile(
