@@ -25,6 +25,11 @@ HEALTHZ: Final = "/healthz"
 READYZ: Final = "/readyz"
 METRICS: Final = "/metrics"
 SCHEMA: Final = "/schema"
+# The browser console (``api.console``): a session, not a bearer token (``api.browser``).
+CONSOLE: Final = "/console"
+CONSOLE_HOME: Final = CONSOLE + "/"
+CONSOLE_LOGIN: Final = CONSOLE + "/login"
+CONSOLE_LOGOUT: Final = CONSOLE + "/logout"
 
 
 def order_location(order_id: str) -> str:

@@ -21,14 +21,14 @@ from nats.js.kv import KeyValue
 
 from api.problems import EXCEPTION_HANDLERS
 from api.routes.payments import inbox_dependency, payment_callback
-from nodeapp.core.errors import (
-    BrokerUnavailable,
+from nodeapp.core.errors import BrokerUnavailable
+from nodeapp.core.settings import Settings
+from nodeapp.core.shop_errors import (
     GatewayUnavailable,
     PaymentConflict,
     PaymentFenced,
     PaymentNotFound,
 )
-from nodeapp.core.settings import Settings
 from nodeapp.core.signing import SIGNATURE_HEADER, sign
 from nodeapp.local.natsserver import NatsServer, free_port
 from nodeapp.orders.handles import Handles

@@ -9,8 +9,9 @@ from decimal import Decimal
 
 import pytest
 
-from nodeapp.core.errors import Fenced, HoldConflict, OutOfStock
+from nodeapp.core.errors import Fenced
 from nodeapp.core.settings import Settings
+from nodeapp.core.shop_errors import HoldConflict, OutOfStock
 from nodeapp.orders.handles import Handles, broker_handles
 from nodeapp.orders.model import Item
 from nodeapp.shop.catalog import Catalog

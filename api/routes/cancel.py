@@ -17,13 +17,20 @@ from collections.abc import Awaitable
 from typing import Final
 
 from litestar import Response, post
-from litestar.params import FromPath
 
 from api.auth import requires, visible_to
 from api.broker_link import BrokerLink, broker_link
 from api.paths import ORDER_CANCEL, order_location
 from api.responses import AnyRequest, json_response
-from api.routes.openapi import BROKER_DOWN, json_spec, problem_spec
+from api.routes.openapi import (
+    BEARER,
+    BROKER_DOWN,
+    MALFORMED,
+    OrderId,
+    guarded,
+    json_spec,
+    problem_spec,
+)
 from nodeapp.core.errors import BrokerUnavailable, OrderNotFound
 from nodeapp.orders.cancellation import Cancellation, announce, request_cancel
 from nodeapp.orders.model import Order, is_order_id
@@ -39,6 +46,7 @@ REDRIVE_SUFFIX: Final = ":cancel"  # Nats-Msg-Id of a dead-lettered order's new 
     ORDER_CANCEL,
     status_code=202,
     guards=[requires(ORDERS_WRITE)],
+    security=BEARER,
     summary="Cancel an order",
     description=(
         "Records the cancel request in the order (`cancel_requested_at`) and answers with the "
@@ -50,15 +58,19 @@ REDRIVE_SUFFIX: Final = ":cancel"  # Nats-Msg-Id of a dead-lettered order's new 
         "way is 202 again. Needs scope `orders:write`; a token bound to a customer may cancel "
         "only that customer's orders."
     ),
-    responses={
-        202: json_spec(Order, "Cancel accepted: the order as stored"),
-        403: problem_spec("The token lacks orders:write"),
-        404: problem_spec("No such order (or another customer's)"),
-        409: problem_spec("The order is already completed, failed or cancelled"),
-        503: BROKER_DOWN,
-    },
+    responses=guarded(
+        {
+            202: json_spec(Order, "Cancel accepted: the order as stored"),
+            403: problem_spec("The token lacks orders:write"),
+            400: MALFORMED,
+            404: problem_spec("No such order (or another customer's)"),
+            409: problem_spec("The order is already completed, failed or cancelled"),
+            503: BROKER_DOWN,
+        },
+        ORDERS_WRITE,
+    ),
 )
-async def cancel_order(request: AnyRequest, order_id: FromPath[str]) -> Response[bytes]:
+async def cancel_order(request: AnyRequest, order_id: OrderId) -> Response[bytes]:
     if not is_order_id(order_id):
         raise OrderNotFound(order_id)
     link = broker_link(request)

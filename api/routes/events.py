@@ -24,7 +24,7 @@ from litestar import Response, get
 from litestar.background_tasks import BackgroundTask
 from litestar.exceptions import ServiceUnavailableException
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, HeaderParameter
+from litestar.params import HeaderParameter
 from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
@@ -32,7 +32,7 @@ from api.auth import requires, visible_to
 from api.broker_link import broker_link
 from api.paths import ORDER_EVENTS
 from api.responses import AnyRequest
-from api.routes.openapi import BROKER_DOWN, problem_spec
+from api.routes.openapi import BEARER, BROKER_DOWN, OrderId, guarded, problem_spec
 from api.streams import LiveStreams, live_streams
 from nodeapp.broker.kv import KeyFollower
 from nodeapp.core.errors import FieldError, InvalidOrder, OrderNotFound
@@ -63,6 +63,7 @@ def last_event_id(value: str | None) -> int | None:
 @get(
     ORDER_EVENTS,
     guards=[requires(ORDERS_READ)],
+    security=BEARER,
     summary="Follow an order live (Server-Sent Events)",
     description=(
         "A `text/event-stream`: first the current document (`event: order`, `id: <revision>`, "
@@ -72,25 +73,28 @@ def last_event_id(value: str | None) -> int | None:
         "revisions newer than it come first; 204 when the order had already ended by then. "
         "Needs scope `orders:read`; a customer token sees only its customer's orders."
     ),
-    responses={
-        200: ResponseSpec(
-            data_container=str,
-            description="The event stream (each event's data is the order document's JSON)",
-            media_type=EVENT_STREAM,
-            generate_examples=False,
-        ),
-        204: ResponseSpec(
-            data_container=None,
-            description="Last-Event-ID is the terminal revision or later: nothing more to send",
-        ),
-        400: problem_spec("Last-Event-ID is not a revision"),
-        404: problem_spec("No such order"),
-        503: BROKER_DOWN,
-    },
+    responses=guarded(
+        {
+            200: ResponseSpec(
+                data_container=str,
+                description="The event stream (each event's data is the order document's JSON)",
+                media_type=EVENT_STREAM,
+                generate_examples=False,
+            ),
+            204: ResponseSpec(
+                data_container=None,
+                description="Last-Event-ID is the terminal revision or later: nothing more to send",
+            ),
+            400: problem_spec("Last-Event-ID is not a revision"),
+            404: problem_spec("No such order"),
+            503: BROKER_DOWN,
+        },
+        ORDERS_READ,
+    ),
 )
 async def order_events(
     request: AnyRequest,
-    order_id: FromPath[str],
+    order_id: OrderId,
     last_event: Annotated[
         str | None,
         HeaderParameter(

@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 
 from litestar import Response, get
-from litestar.params import FromPath
 
 from api.auth import requires, visible_to
 from api.broker_link import broker_link
 from api.paths import ORDER_HISTORY
 from api.responses import AnyRequest, json_response
-from api.routes.openapi import lookup_responses
+from api.routes.openapi import BEARER, OrderId, guarded, lookup_responses
 from nodeapp.broker.connection import broker_errors
 from nodeapp.core.errors import OrderNotFound
 from nodeapp.orders.model import is_order_id
@@ -26,15 +25,20 @@ from nodeapp.security.scopes import OPS, ORDERS_READ
 @get(
     ORDER_HISTORY,
     guards=[requires(ORDERS_READ, OPS)],
+    security=BEARER,
     summary="An order's history",
     description=(
         "Every stored revision, oldest first: its time (when the broker stored it), status, "
         "current step, the node that wrote it, a short transition such as "
         "`Scheduling completed, Pre-Processing started`, and the document as it was."
     ),
-    responses=lookup_responses(list[Revision], "The revisions, oldest first", "No such order"),
+    responses=guarded(
+        lookup_responses(list[Revision], "The revisions, oldest first", "No such order"),
+        ORDERS_READ,
+        OPS,
+    ),
 )
-async def get_order_history(request: AnyRequest, order_id: FromPath[str]) -> Response[bytes]:
+async def get_order_history(request: AnyRequest, order_id: OrderId) -> Response[bytes]:
     if not is_order_id(order_id):
         raise OrderNotFound(order_id)
     link = broker_link(request)

@@ -22,7 +22,7 @@ from api.auth import customer_of, requires
 from api.paths import ORDERS
 from api.read_side import read_side
 from api.responses import AnyRequest, json_response
-from api.routes.openapi import json_spec, problem_spec
+from api.routes.openapi import BEARER, MALFORMED, guarded, json_spec, problem_spec
 from nodeapp.core.errors import FieldError, InvalidOrder
 from nodeapp.readmodel.params import DEFAULT_LIMIT, MAX_LIMIT, STATUSES, TIME_RULE, list_query
 from nodeapp.readmodel.queries import OrderPage
@@ -41,6 +41,7 @@ Text = str | None
 @get(
     ORDERS,
     guards=[requires(ORDERS_READ)],
+    security=BEARER,
     summary="List and search orders",
     description=(
         "Orders newest first (by `start_time`, the submit time; ties by `order_id`), filtered "
@@ -51,11 +52,15 @@ Text = str | None
         "customer lists only that customer's orders (naming another customer gives an empty "
         "page). Needs scope `orders:read`."
     ),
-    responses={
-        200: json_spec(OrderPage, "A page of orders"),
-        422: problem_spec("A bad parameter; `errors` names each one"),
-        503: READ_MODEL_DOWN,
-    },
+    responses=guarded(
+        {
+            200: json_spec(OrderPage, "A page of orders"),
+            400: MALFORMED,
+            422: problem_spec("A bad parameter; `errors` names each one"),
+            503: READ_MODEL_DOWN,
+        },
+        ORDERS_READ,
+    ),
 )
 async def list_orders(
     request: AnyRequest,

@@ -14,7 +14,7 @@ from api.paths import STATS
 from api.read_side import read_side
 from api.responses import AnyRequest, json_response
 from api.routes.listing import READ_MODEL_DOWN, given_once
-from api.routes.openapi import json_spec, problem_spec
+from api.routes.openapi import BEARER, MALFORMED, guarded, json_spec, problem_spec
 from nodeapp.readmodel.stats import DEFAULT_WINDOW, MAX_WINDOW, Stats
 from nodeapp.security.scopes import OPS
 
@@ -22,6 +22,7 @@ from nodeapp.security.scopes import OPS
 @get(
     STATS,
     guards=[requires(OPS)],
+    security=BEARER,
     summary="Order statistics",
     description=(
         "Orders by status and by current step (every order in the read model); completed "
@@ -29,11 +30,15 @@ from nodeapp.security.scopes import OPS
         "orders completed in the last `window` seconds (`latency_seconds` null when none "
         "did). Needs scope `ops`."
     ),
-    responses={
-        200: json_spec(Stats, "The statistics"),
-        422: problem_spec("window is not a number of seconds in range"),
-        503: READ_MODEL_DOWN,
-    },
+    responses=guarded(
+        {
+            200: json_spec(Stats, "The statistics"),
+            400: MALFORMED,
+            422: problem_spec("window is not a number of seconds in range"),
+            503: READ_MODEL_DOWN,
+        },
+        OPS,
+    ),
 )
 async def order_stats(
     request: AnyRequest,

@@ -50,6 +50,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     admin_token: str = ""  # empty: no bootstrap admin; set, it must be >= 32 characters
     rate_limit: float = 200.0  # requests per second per token, burst twice that
     token: str = ""
+    # The browser console (``api.browser``): the key of its CSRF tokens (empty: one per process,
+    # so a restart or a second api process refuses the forms of the first); ``Secure`` cookies
+    # (browsers keep them over https and on http://localhost or 127.0.0.1 only).
+    session_secret: str = ""
+    cookie_secure: bool = True
     # The read side (nodeapp.readmodel): the api's local SQLite projection of the orders bucket,
     # one file per api process; a relative path is taken from the process's working directory.
     read_db: str = "orderflow-read.db"
@@ -87,6 +92,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             (self.rate_limit > 0, "ORDERFLOW_RATE_LIMIT", "must be > 0"),
             (_token_or_empty(self.admin_token, 32), "ORDERFLOW_ADMIN_TOKEN", ADMIN_TOKEN_RULE),
             (_token_or_empty(self.token, 1), "ORDERFLOW_TOKEN", "must be printable, no spaces"),
+            (
+                not self.session_secret or len(self.session_secret) >= 32,
+                "ORDERFLOW_SESSION_SECRET",
+                "must be empty or >= 32 characters",
+            ),
             (_http_or_empty(self.payment_url), "ORDERFLOW_PAYMENT_URL", HTTP_URL),
             (_http_or_empty(self.notify_webhook), "ORDERFLOW_NOTIFY_WEBHOOK", HTTP_URL),
             (bool(self.nats_servers), "NATS_URL", "must name at least one server"),
@@ -103,7 +113,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self
 
 
-SECRET_FIELDS: Final = frozenset({"payment_secret", "notify_secret", "admin_token", "token"})
+SECRET_FIELDS: Final = frozenset(
+    {"payment_secret", "notify_secret", "admin_token", "token", "session_secret"}
+)
 HTTP_URL: Final = "must be an http(s) URL (or empty)"
 ADMIN_TOKEN_RULE: Final = "must be empty or >= 32 printable characters without spaces"
 
@@ -163,6 +175,8 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ORDERFLOW_ADMIN_TOKEN": ("admin_token", str),
     "ORDERFLOW_RATE_LIMIT": ("rate_limit", float),
     "ORDERFLOW_TOKEN": ("token", str),
+    "ORDERFLOW_SESSION_SECRET": ("session_secret", str),
+    "ORDERFLOW_COOKIE_SECURE": ("cookie_secure", _bool),
     "ORDERFLOW_READ_DB": ("read_db", str),
 }
 

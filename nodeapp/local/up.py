@@ -45,7 +45,8 @@ from nodeapp.shop.payment_messages import SIM_PREFIX
 MONITOR_PORT: Final = 8222  # nats-server's usual monitoring port, kept when it is free
 API_START_TIMEOUT: Final = 20.0
 SECRETS_DIR: Final = "secrets"  # under the data folder: one file per secret, mode 0600
-KEPT_SECRETS: Final = ("payment_secret", "notify_secret")  # settings fields up fills in
+# Settings fields up fills in (the session secret keeps console forms valid across restarts).
+KEPT_SECRETS: Final = ("payment_secret", "notify_secret", "session_secret")
 DEFAULT_READ_DB: Final = Settings().read_db
 READ_DB_FILE: Final = "orderflow-read.db"  # the api's read model, under the data folder
 WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})

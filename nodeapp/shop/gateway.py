@@ -28,8 +28,8 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from nodeapp.broker.connection import broker_errors
-from nodeapp.core.errors import GatewayUnavailable, PaymentNotFound
 from nodeapp.core.settings import Settings
+from nodeapp.core.shop_errors import GatewayUnavailable, PaymentNotFound
 from nodeapp.core.signing import SIGNATURE_HEADER, sign
 from nodeapp.orders.model import utcnow
 from nodeapp.shop import gateway_ledger as ledger

@@ -30,15 +30,15 @@ from nats.js.api import DeliverPolicy
 from nats.js.kv import KV_MARKER_REASON, KV_OP, KeyValue
 
 from nodeapp.broker.connection import ANY_NATS_ERROR, broker_errors
-from nodeapp.core.errors import (
-    FieldError,
+from nodeapp.core.errors import FieldError
+from nodeapp.core.settings import Settings
+from nodeapp.core.shop_errors import (
     GatewayUnavailable,
     InvalidPaymentMessage,
     PaymentConflict,
     PaymentFenced,
     PaymentNotFound,
 )
-from nodeapp.core.settings import Settings
 from nodeapp.shop.callbacks import read
 from nodeapp.shop.gateway_ledger import LedgerEntry, decode_entry
 from nodeapp.shop.payment_messages import (

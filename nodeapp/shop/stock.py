@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 from nats.js.kv import KeyValue
 
-from nodeapp.core.errors import HoldConflict
+from nodeapp.core.shop_errors import HoldConflict
 from nodeapp.shop import holds
 from nodeapp.shop.keys import product_key
 from nodeapp.shop.products import Line, StockLevel, StockView

@@ -24,7 +24,8 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from nodeapp.broker.connection import broker_errors
-from nodeapp.core.errors import Fenced, HoldConflict, OutOfStock, StockConflict, StockContention
+from nodeapp.core.errors import Fenced
+from nodeapp.core.shop_errors import HoldConflict, OutOfStock, StockConflict, StockContention
 from nodeapp.shop.keys import product_key
 from nodeapp.shop.products import StockLevel, StockView, decode_stock, encode
 

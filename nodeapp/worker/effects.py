@@ -23,7 +23,8 @@ from typing import Final
 
 from nats.js import JetStreamContext
 
-from nodeapp.core.errors import HoldConflict, OrderflowError, OutOfStock
+from nodeapp.core.errors import OrderflowError
+from nodeapp.core.shop_errors import HoldConflict, OutOfStock
 from nodeapp.orders.model import STEP_NAMES, Order
 from nodeapp.shop.notifications import Kind, cancel_delayed, publish
 from nodeapp.shop.stock import Stock
