@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from decimal import Decimal
 
 import pytest
 
@@ -13,10 +12,10 @@ from nodeapp.core.settings import Settings
 from nodeapp.orders.handles import Handles
 from nodeapp.orders.model import utcnow
 from nodeapp.shop.catalog import Catalog
-from nodeapp.shop.products import Hold, Product
-from nodeapp.shop.resources import ensure_shop_resources
+from nodeapp.shop.products import Hold
 from nodeapp.shop.stock_audit import audit_while_leading, release_leaked_holds
 from tests.support.orders import submit
+from tests.support.shop import stocked
 from tests.support.waiting import wait_for
 
 
@@ -27,11 +26,7 @@ def broker(bare_broker: Handles) -> Handles:
 
 @pytest.fixture
 async def catalog(broker: Handles, settings: Settings) -> Catalog:
-    catalog = Catalog(broker.js, await ensure_shop_resources(broker.js, settings))
-    for product_id in ("a", "b"):
-        await catalog.put(Product(product_id, product_id, Decimal("2.00")))
-        await catalog.adjust(product_id, 10)
-    return catalog
+    return await stocked(broker, settings, {"a": 10, "b": 10})
 
 
 async def end(broker: Handles, order_id: str, status: str = "failed") -> None:
