@@ -52,6 +52,7 @@ def create_app(settings: Settings, *, traced: bool | None = None) -> Litestar:
     traced = recording() if traced is None else traced
     handlers: list[ControllerRouterHandler] = [*ROUTE_HANDLERS, metrics_route]
     tokens = TokenCache(link.jetstream, settings)  # follows the tokens bucket once linked
+    link.answer_token_checks(tokens.verify)  # a node's POST /stop token, judged here
     lifespan: list[Callable[[Litestar], AbstractAsyncContextManager[Any]]] = [
         link.lifespan,
         tokens.lifespan,  # after the link's: the watcher stops before the link drains

@@ -17,14 +17,16 @@ from nodeapp.core.settings import Settings
 from nodeapp.local.natsserver import free_port
 from nodeapp.local.supervisor import Child, child_env, python_module
 from nodeapp.orders.handles import Handles
+from tests.support.broker_users import as_role
 from tests.support.waiting import wait_for
 
 
 class ApiProcess(Child):
     """One ``python -m api`` process on a free port; ``stop()`` sends SIGTERM and waits.
 
-    ``settings`` reach it as environment variables, ``ORDERFLOW_ADMIN_TOKEN`` among them;
-    ``client()`` talks to it as that admin (``client(None)``: with no token).
+    ``settings`` reach it as environment variables, ``ORDERFLOW_ADMIN_TOKEN`` among them, and
+    ``NATS_URL`` as the broker's ``api`` user; ``client()`` talks to it as that admin token
+    (``client(None)``: with no token).
     """
 
     def __init__(self, settings: Settings, log_path: Path, **env: str) -> None:
@@ -32,7 +34,7 @@ class ApiProcess(Child):
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_token = settings.admin_token
         own = {"ORDERFLOW_API_PORT": str(self.port), "ORDERFLOW_LOG_FORMAT": "json"}
-        full_env = child_env(settings, **{**own, **env})
+        full_env = child_env(as_role(settings, "api"), **{**own, **env})
         super().__init__("api", python_module("api"), env=full_env, log_path=log_path)
 
     async def wait_ready(self, within: float = 20.0) -> None:
