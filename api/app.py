@@ -78,6 +78,7 @@ def create_app(settings: Settings, *, traced: bool | None = None) -> Litestar:
     limiter = RateLimiter(settings.rate_limit)  # one budget per token, API and console alike
     console = console_router(settings, session_secret(settings))
     handlers: list[ControllerRouterHandler] = [*options_handlers(routes), *routes, console]
+    link.answer_token_checks(tokens.verify)  # a node's POST /stop token, judged here
     lifespan: list[Callable[[Litestar], AbstractAsyncContextManager[Any]]] = [
         link.lifespan,
         tokens.lifespan,  # after the link's: the watcher stops before the link drains

@@ -5,7 +5,9 @@ It loads the demo catalog into the empty one and suggests an order that complete
 gateway the api hosts; it keeps serving when a node is SIGKILLed (the node is restarted and the
 cluster heals), it moves monitoring off a taken 8222, it keeps its generated secrets private,
 and SIGTERM stops everything and exits 0. It makes the first admin token (``<data>/admin-token``,
-mode 0600), shows it once, and its suggested ``curl`` works as printed.
+mode 0600), shows it once, and its suggested ``curl`` works as printed. Its broker refuses
+anonymous clients; the broker users' passwords are kept private and never printed, and the
+banner's ``export NATS_URL=...`` line works as printed for ``orderflow inspect``.
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import nats.errors
 import pytest
+from nats.aio.client import Client as NATS
 
 from nodeapp.core.settings import load_settings
+from nodeapp.local.broker_users import CONTEXT_FILE, ROLES
 from nodeapp.local.natsserver import free_port
 from nodeapp.local.secret_files import kept_secret
 from nodeapp.local.supervisor import Child, python_module
@@ -96,6 +102,7 @@ class Up:
             "ORDERFLOW_ACK_WAIT": "2",
             "ORDERFLOW_LEASE_SECONDS": "3",
         }
+        self.env = env
         self.child = Child("up", argv, env=env, log_path=folder / "up.log", cwd=folder)
         self.descendants: set[int] = set()
 
@@ -132,6 +139,7 @@ class Up:
         found["catalog line"] = next(line for line in lines if line.startswith("  catalog"))
         found["token line"] = next(line for line in lines[start:] if line.startswith("  token"))
         found["try"] = next(line for line in lines[start:] if line.startswith("try: "))
+        found["admin line"] = next(line for line in lines[start:] if line.startswith("  admin"))
         body = _CURL_BODY.search(self.output())
         return {**found, "body": body[1] if body else ""}
 
@@ -278,6 +286,7 @@ async def test_sigterm_stops_everything_and_exits_0(tmp_path: Path) -> None:
         assert banner["body"] == ""
         async with process.client() as http:
             await wait_for(lambda: _exactly(http, 1), 30.0, interval=0.2)
+        await _broker_is_locked(process, banner)
         process.remember_children()
         assert len(process.descendants) == 3, process.descendants  # broker, api, node
         process.child.signal(signal.SIGTERM)
@@ -287,16 +296,38 @@ async def test_sigterm_stops_everything_and_exits_0(tmp_path: Path) -> None:
         assert "orderflow stopped" in process.output()
         kept = process.data_dir / SECRETS_DIR
         assert (kept.stat().st_mode & 0o777) == 0o700
-        for name in KEPT_SECRETS:
+        for name in (*KEPT_SECRETS, *(f"nats-{role}" for role in ROLES), CONTEXT_FILE):
             secret = (kept / name).read_text().strip()
             assert ((kept / name).stat().st_mode & 0o777) == 0o600
             assert len(secret) >= 40
             assert secret not in process.output()  # never printed or logged
+        context = json.loads((kept / CONTEXT_FILE).read_text())
+        admin_password = (kept / "nats-admin").read_text().strip()
+        assert (context["user"], context["password"]) == ("admin", admin_password)
+        assert context["url"] == banner["broker"]
     finally:
         await asyncio.to_thread(process.stop)
 
 
 CATALOG_HINT = "add products with orderflow catalog load FILE.json"
+
+
+async def _broker_is_locked(process: Up, banner: dict[str, str]) -> None:
+    """up's broker refuses an anonymous client; the banner's admin line works as printed."""
+    anonymous = NATS()
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await anonymous.connect(banner["broker"], allow_reconnect=False, max_reconnect_attempts=1)
+    await anonymous.close()
+    export = re.search(r'export NATS_URL="[^"]+"', banner["admin line"])
+    assert export is not None, banner["admin line"]
+    assert "$(cat " in export[0]  # the password is read by the shell, never printed
+    inspect = f"{export[0]}; {sys.executable} -m nodeapp inspect"
+    done = await asyncio.to_thread(
+        subprocess.run, ["bash", "-c", inspect], env=process.env, capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "ORDERS" in done.stdout
 
 
 def test_secrets_are_generated_once_kept_private_and_the_environments_win(

@@ -47,6 +47,7 @@ log = logging.getLogger("orderflow.reconciler")
 LEADER_KEY: Final = "leader"
 CHECKPOINT_KEY: Final = "checkpoint"
 KV_PREFIX: Final = f"$KV.{ORDERS_BUCKET}."
+KV_STREAM: Final = f"KV_{ORDERS_BUCKET}"  # named: no lookup by subject (nats-auth.conf allows none)
 
 
 class Leader(msgspec.Struct):
@@ -185,7 +186,11 @@ class Reconciler:
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
         with broker_errors("following the orders bucket"):
             sub = await self.js.subscribe(
-                f"{KV_PREFIX}>", ordered_consumer=True, config=config, idle_heartbeat=5.0
+                f"{KV_PREFIX}>",
+                stream=KV_STREAM,
+                ordered_consumer=True,
+                config=config,
+                idle_heartbeat=5.0,
             )
         last_seq = start - 1
         try:

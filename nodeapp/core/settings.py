@@ -13,13 +13,14 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from nodeapp.core.brokerurl import credentials, redacted, server_list
 from nodeapp.core.errors import SettingsError
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a process of orderflow can be told; defaults reproduce the requirements."""
 
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: str = "nats://127.0.0.1:4222"  # may carry user:password (ADR 0015); never shown
     step_seconds: float = 5.0
     failure_rate: float = 0.05
     concurrency: int = 50
@@ -65,12 +66,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             f: "***" if f in SECRET_FIELDS and getattr(self, f) else getattr(self, f)
             for f in self.__struct_fields__
         }
+        shown["nats_url"] = redacted(self.nats_url)
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @property
     def nats_servers(self) -> list[str]:
         """``NATS_URL`` split into the list nats-py takes (a cluster is comma-separated)."""
-        return [u.strip() for u in self.nats_url.split(",") if u.strip()]
+        return server_list(self.nats_url)
+
+    @property
+    def nats_url_shown(self) -> str:
+        """``NATS_URL`` for log lines, messages and banners: passwords as ``***``."""
+        return redacted(self.nats_url)
 
     def validate(self) -> Settings:
         """Reject values that would make the service misbehave rather than fail."""
@@ -100,6 +107,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             (_http_or_empty(self.payment_url), "ORDERFLOW_PAYMENT_URL", HTTP_URL),
             (_http_or_empty(self.notify_webhook), "ORDERFLOW_NOTIFY_WEBHOOK", HTTP_URL),
             (bool(self.nats_servers), "NATS_URL", "must name at least one server"),
+            (_one_user(self.nats_url), "NATS_URL", "every server must name the same user"),
             (_file_path(self.read_db), "ORDERFLOW_READ_DB", "must be a file path (not :memory:)"),
             (
                 self.log_format in ("json", "console"),
@@ -128,6 +136,15 @@ def _token_or_empty(token: str, min_length: int) -> bool:
 def _http_or_empty(url: str) -> bool:
     parts = urlsplit(url)
     return not url or (parts.scheme in ("http", "https") and bool(parts.netloc))
+
+
+def _one_user(url: str) -> bool:
+    """One process is one broker user: servers naming different ones are a typo."""
+    try:
+        credentials(url)
+    except ValueError:
+        return False
+    return True
 
 
 def _file_path(path: str) -> bool:
