@@ -49,7 +49,7 @@ from tests.support.waiting import wait_for
 MONITOR_PORT = 8222
 SOURCE = Path(__file__).resolve().parents[1]  # this checkout, not whatever is installed
 START_WITHIN = 60.0  # two shared cores: interpreters, nats-server, api and nodes all start
-_BANNER_LINE = re.compile(r"^  (api|broker|monitor|nodes|catalog|payments|token)\s+(\S+)")
+_BANNER_LINE = re.compile(r"^  (api|console|broker|monitor|nodes|catalog|payments|token)\s+(\S+)")
 _CURL_BODY = re.compile(r"-d '(\{.*\})'")
 
 
@@ -129,7 +129,7 @@ class Up:
         return await wait_for(probe, within, interval=0.1)
 
     async def banner(self) -> dict[str, str]:
-        """``api``, ``broker``, ``monitor``, ``nodes``, ``catalog``, ``payments`` and
+        """``api``, ``console``, ``broker``, ``monitor``, ``nodes``, ``catalog``, ``payments`` and
         ``token`` (each line's first word), ``catalog line``, ``token line`` and ``try`` (whole
         lines), and ``body`` (the suggested order's, when there is one)."""
         await self.wait_output("Ctrl-C stops everything", START_WITHIN)
@@ -209,6 +209,7 @@ async def order_completes(http: httpx.AsyncClient, body: dict[str, Any]) -> dict
 async def test_up_serves_and_restarts_a_killed_node(up: Up) -> None:
     banner = await up.banner()
     assert banner["api"] == up.api_url
+    assert banner["console"] == f"{up.api_url}/console/"
     assert banner["broker"].startswith("nats://127.0.0.1:")
     assert banner["nodes"] == "2"
     monitor = banner["monitor"]
@@ -229,6 +230,8 @@ async def test_up_serves_and_restarts_a_killed_node(up: Up) -> None:
     assert up.output().count(up.admin_token()) == 1  # in no log line of the api or the nodes
     async with httpx.AsyncClient(base_url=up.api_url, timeout=5.0) as anonymous:
         assert (await anonymous.get("/cluster")).status_code == 401
+        console = await anonymous.get(banner["console"])  # the console asks for a login
+        assert (console.status_code, console.headers["location"]) == (303, "/console/login")
     # The suggested curl works as printed, in a shell.
     command = banner["try"].removeprefix("try: ")
     assert f'-H "Authorization: Bearer $(cat {kept})"' in command

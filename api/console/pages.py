@@ -1,9 +1,11 @@
-"""The console's pages so far: the login, a placeholder home page, the logout.
+"""The console's pages: the login, the home page, the logout, and ``PAGES``, every page behind
+the login (``console_access``), each with its own ``requires(...)`` guard when it needs a scope.
 
-The real pages come later; each is a handler in ``PAGES`` (behind the login, ``console_access``)
-with its own ``requires(...)`` guard when it needs a scope, rendering a template under
-``api/templates/console/`` that extends ``base.html``. Every form carries
-``{{ csrf_input | safe }}``; the CSRF middleware refuses a POST without it.
+A page renders a template under ``api/templates/console/`` extending ``base.html``
+(``api.console.view.render``); every form carries ``{{ csrf_input | safe }}``, and the CSRF
+middleware refuses a POST without it. The pages themselves live by subject: ``orders``
+(the list, an order's live timeline, cancel), ``operations`` (cluster and drain, dead letters
+and replay), ``catalog`` (products and stock).
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Redirect, Template
 
-from api.auth import principal_of
 from api.browser import start_fresh_session
-from api.console.access import SESSION_TOKEN, AnyRequest, console_auth
+from api.console.access import SESSION_TOKEN_ID, AnyRequest, console_auth
+from api.console.catalog import CATALOG_PAGES
+from api.console.operations import OPERATIONS_PAGES
+from api.console.orders import ORDER_PAGES
+from api.console.view import render
 from api.paths import CONSOLE_HOME, CONSOLE_LOGIN, CONSOLE_LOGOUT
 from nodeapp.core.errors import Unauthenticated
 
@@ -46,8 +51,8 @@ async def log_in(
     request: AnyRequest,
     data: Annotated[LoginForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Response[Any]:
-    """A valid token (any scope) starts a session under a new id; any other is a 401 page and
-    stores nothing."""
+    """A valid token (any scope) starts a session under a new id, keeping the token's id (not
+    the token); any other is a 401 page and stores nothing."""
     try:
         principal = await console_auth(request).verifier.verify(data.token.strip() or None)
     except Unauthenticated as exc:
@@ -57,7 +62,7 @@ async def log_in(
         )  # fmt: skip
         return _login_page("That token is not valid (unknown, expired or revoked).", 401)
     start_fresh_session(request)
-    request.set_session({SESSION_TOKEN: data.token.strip()})
+    request.set_session({SESSION_TOKEN_ID: principal.token_id})
     log.info(
         "console login by token %s", principal.token_id,
         extra={"event": "console.login", "token_id": principal.token_id},
@@ -73,9 +78,9 @@ async def log_out(request: AnyRequest) -> Redirect:
 
 @get(CONSOLE_HOME, sync_to_thread=False)
 def home(request: AnyRequest) -> Template:
-    principal = principal_of(request)
-    return Template("console/home.html", context={"principal": principal})
+    """Who is logged in, and the pages this token may open."""
+    return render(request, "home.html")
 
 
-PAGES: Final = [home]  # behind the login; add pages here
+PAGES: Final = [home, *ORDER_PAGES, *OPERATIONS_PAGES, *CATALOG_PAGES]  # behind the login
 PUBLIC: Final = [login_page, log_in, log_out]

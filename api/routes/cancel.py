@@ -18,7 +18,7 @@ from typing import Final
 
 from litestar import Response, post
 
-from api.auth import requires, visible_to
+from api.auth import requires
 from api.broker_link import BrokerLink, broker_link
 from api.paths import ORDER_CANCEL, order_location
 from api.responses import AnyRequest, json_response
@@ -31,9 +31,10 @@ from api.routes.openapi import (
     json_spec,
     problem_spec,
 )
-from nodeapp.core.errors import BrokerUnavailable, OrderNotFound
+from api.routes.orders import readable_order
+from nodeapp.core.errors import BrokerUnavailable
 from nodeapp.orders.cancellation import Cancellation, announce, request_cancel
-from nodeapp.orders.model import Order, is_order_id
+from nodeapp.orders.model import Order
 from nodeapp.security.scopes import ORDERS_WRITE
 from nodeapp.shop.notifications import cancel_delayed, publish
 
@@ -71,16 +72,19 @@ REDRIVE_SUFFIX: Final = ":cancel"  # Nats-Msg-Id of a dead-lettered order's new 
     ),
 )
 async def cancel_order(request: AnyRequest, order_id: OrderId) -> Response[bytes]:
-    if not is_order_id(order_id):
-        raise OrderNotFound(order_id)
-    link = broker_link(request)
-    order = await link.store().get(order_id)
-    if not visible_to(request, order.customer_id):
-        raise OrderNotFound(order_id)  # another customer's order: as if there were none
-    cancellation = await request_cancel(link.store(), order_id)
-    await _follow_up(link, cancellation)
+    cancellation = await cancel(request, order_id)
     headers = {"Location": order_location(order_id)}
     return json_response(cancellation.order, status_code=202, headers=headers)
+
+
+async def cancel(request: AnyRequest, order_id: str) -> Cancellation:
+    """Cancel an order the request's token may see, and set going what that takes (this route
+    and the console's Cancel button). ``OrderNotFound``, ``OrderFinished``."""
+    await readable_order(request, order_id)
+    link = broker_link(request)
+    cancellation = await request_cancel(link.store(), order_id)
+    await _follow_up(link, cancellation)
+    return cancellation
 
 
 async def _follow_up(link: BrokerLink, cancellation: Cancellation) -> None:

@@ -105,12 +105,18 @@ async def get_node(request: AnyRequest, node_id: NodeId) -> Response[bytes]:
     ),
 )
 async def drain_node(request: AnyRequest, node_id: NodeId) -> Response[bytes]:
+    return json_response(await drain(request, node_id), status_code=202)
+
+
+async def drain(request: AnyRequest, node_id: str) -> DrainReply:
+    """Ask the node to drain (this route and the console's Drain button): its reply, or
+    ``NodeNotFound`` when no such node is registered, ``NodeUnresponsive`` when it is but does
+    not answer."""
     if not is_node_id(node_id):
         raise NodeNotFound(node_id)
     link = broker_link(request)
     try:
-        reply = await request_drain(link.connection(), node_id, link.settings.request_timeout)
+        return await request_drain(link.connection(), node_id, link.settings.request_timeout)
     except NodeUnresponsive:
         await _registered(request, node_id)  # NodeNotFound when it is simply not there
         raise
-    return json_response(reply, status_code=202)

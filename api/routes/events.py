@@ -28,11 +28,12 @@ from litestar.params import HeaderParameter
 from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
-from api.auth import requires, visible_to
+from api.auth import requires
 from api.broker_link import broker_link
 from api.paths import ORDER_EVENTS
 from api.responses import AnyRequest
 from api.routes.openapi import BEARER, BROKER_DOWN, OrderId, guarded, problem_spec
+from api.routes.orders import readable_order
 from api.streams import LiveStreams, live_streams
 from nodeapp.broker.kv import KeyFollower
 from nodeapp.core.errors import FieldError, InvalidOrder, OrderNotFound
@@ -104,6 +105,14 @@ async def order_events(
         ),
     ] = None,
 ) -> Response[Any]:
+    return await order_event_stream(request, order_id, last_event)
+
+
+async def order_event_stream(
+    request: AnyRequest, order_id: str, last_event: str | None
+) -> Response[Any]:
+    """The order's event stream as the request's token may see it (this route, and the
+    console's, which goes by a session: an EventSource cannot send a bearer header)."""
     if not is_order_id(order_id):
         raise OrderNotFound(order_id)
     after = last_event_id(last_event)
@@ -112,10 +121,8 @@ async def order_events(
         raise ServiceUnavailableException(
             "the api is shutting down; reconnect", headers={"Retry-After": "1"}
         )
+    order = await readable_order(request, order_id)
     link = broker_link(request)
-    order = await link.store().get(order_id)
-    if not visible_to(request, order.customer_id):
-        raise OrderNotFound(order_id)  # another customer's order: as if there were none
     current = order.revision or 0
     if after is not None and after > current:
         after = None  # not an id of this order's stream: start again from the current one

@@ -39,6 +39,12 @@ from nodeapp.security.scopes import OPS, ORDERS_READ
     ),
 )
 async def get_order_history(request: AnyRequest, order_id: OrderId) -> Response[bytes]:
+    return json_response(await order_revisions(request, order_id))
+
+
+async def order_revisions(request: AnyRequest, order_id: str) -> list[Revision]:
+    """The order's revisions described, oldest first, if the request's token may see it (this
+    route and the console's order page); ``OrderNotFound`` otherwise."""
     if not is_order_id(order_id):
         raise OrderNotFound(order_id)
     link = broker_link(request)
@@ -49,4 +55,4 @@ async def get_order_history(request: AnyRequest, order_id: OrderId) -> Response[
     last = history[-1].order if history else None
     if last is None or not visible_to(request, last.customer_id):
         raise OrderNotFound(order_id)  # withdrawn, deleted or another customer's: as GET says
-    return json_response(timeline(history))
+    return timeline(history)

@@ -80,21 +80,29 @@ async def list_orders(
 ) -> Response[bytes]:
     given_once(request, PARAMETERS)
     params = {
-        "status": status or None,
-        "customer_id": customer_id or None,
-        "product_id": product_id or None,
-        "created_after": created_after or None,
-        "created_before": created_before or None,
-        "limit": limit or None,
-        "cursor": cursor or None,
+        "status": status,
+        "customer_id": customer_id,
+        "product_id": product_id,
+        "created_after": created_after,
+        "created_before": created_before,
+        "limit": limit,
+        "cursor": cursor,
     }
+    return json_response(await orders_page(request, params))
+
+
+async def orders_page(request: AnyRequest, params: dict[str, str | None]) -> OrderPage:
+    """The page of orders ``params`` (``PARAMETERS``, as text, empty = absent) ask for, as the
+    request's token may see it: the list route and the console's orders page both read here.
+    ``InvalidOrder`` naming each bad parameter."""
+    params = {name: params.get(name) or None for name in PARAMETERS}
     bound = customer_of(request)
     if bound is not None and params["customer_id"] not in (None, bound):
         list_query(**params)  # a bad parameter is still a 422
-        return json_response(OrderPage([], None))
+        return OrderPage([], None)
     if bound is not None:
         params["customer_id"] = bound
-    return json_response(await read_side(request).model().list_orders(**params))
+    return await read_side(request).model().list_orders(**params)
 
 
 def given_once(request: AnyRequest, names: tuple[str, ...]) -> None:

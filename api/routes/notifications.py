@@ -7,13 +7,12 @@ from __future__ import annotations
 import msgspec
 from litestar import Response, get
 
-from api.auth import requires, visible_to
+from api.auth import requires
 from api.broker_link import broker_link
 from api.paths import ORDER_NOTIFICATIONS
 from api.responses import AnyRequest, json_response
 from api.routes.openapi import BEARER, OrderId, guarded, lookup_responses
-from nodeapp.core.errors import OrderNotFound
-from nodeapp.orders.model import is_order_id
+from api.routes.orders import readable_order
 from nodeapp.security.scopes import ORDERS_READ
 from nodeapp.shop.notifications import DeliveryState, notifications_for
 
@@ -41,11 +40,6 @@ class OrderNotifications(msgspec.Struct, frozen=True):
     ),
 )
 async def get_order_notifications(request: AnyRequest, order_id: OrderId) -> Response[bytes]:
-    if not is_order_id(order_id):
-        raise OrderNotFound(order_id)  # not an order id: cannot be an order either
-    link = broker_link(request)
-    order = await link.store().get(order_id)  # OrderNotFound: 404
-    if not visible_to(request, order.customer_id):
-        raise OrderNotFound(order_id)
-    states = await notifications_for(link.shop().notifications, order_id)
+    await readable_order(request, order_id)  # OrderNotFound: 404
+    states = await notifications_for(broker_link(request).shop().notifications, order_id)
     return json_response(OrderNotifications(order_id, states))

@@ -106,9 +106,15 @@ async def submit_order(
     responses=guarded(lookup_responses(Order, "The order document", "No such order"), ORDERS_READ),
 )
 async def get_order(request: AnyRequest, order_id: OrderId) -> Response[bytes]:
+    return json_response(await readable_order(request, order_id))
+
+
+async def readable_order(request: AnyRequest, order_id: str) -> Order:
+    """The order as stored, if the request's token may see it; ``OrderNotFound`` otherwise (an
+    id that is not an order id, no such order, or another customer's: all alike)."""
     if not is_order_id(order_id):
         raise OrderNotFound(order_id)  # not an order id: cannot be an order either
     order = await broker_link(request).store().get(order_id)
     if not visible_to(request, order.customer_id):
         raise OrderNotFound(order_id)  # another customer's order: as if there were none
-    return json_response(order)
+    return order

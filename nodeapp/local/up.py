@@ -47,6 +47,7 @@ from nodeapp.local.supervisor import Child, Supervisor, child_env, python_module
 from nodeapp.security.bootstrap import ADMIN_TOKEN_FILE, keep_admin_token
 from nodeapp.shop.payment_messages import SIM_PREFIX
 
+CONSOLE_PATH: Final = "/console/"  # the browser console the api serves (``api.paths``)
 MONITOR_PORT: Final = 8222  # nats-server's usual monitoring port, kept when it is free
 API_START_TIMEOUT: Final = 20.0
 SECRETS_DIR: Final = "secrets"  # under the data folder: one file per secret, mode 0600
@@ -287,6 +288,7 @@ def _banner(
     print(
         f"orderflow is up\n"
         f"  api      {s.api_url}  (OpenAPI: {s.api_url}/schema)\n"
+        f"  console  {s.api_url}{CONSOLE_PATH}  (log in with the admin token)\n"
         f"  broker   {server.url}  (data in {server.data_dir}; users api, node, admin)\n"
         f"{admin_lines(kept, server.url)}\n"
         f"  monitor  {monitor.url}  (/healthz /varz /jsz{moved})\n"
