@@ -36,7 +36,7 @@ from nodeapp.core.errors import BrokerUnavailable
 from nodeapp.orders.cancellation import Cancellation, announce, request_cancel
 from nodeapp.orders.model import Order
 from nodeapp.security.scopes import ORDERS_WRITE
-from nodeapp.shop.notifications import cancel_delayed, publish
+from nodeapp.shop.notifications import publish
 
 log = logging.getLogger("orderflow.api.cancel")
 
@@ -102,9 +102,10 @@ async def _follow_up(link: BrokerLink, cancellation: Cancellation) -> None:
 
 
 async def _settle(link: BrokerLink, order: Order) -> None:
-    js = link.jetstream()
-    await publish(js, order, "order.cancelled")
-    await cancel_delayed(js, order.order_id)
+    """Tell the customer now. The ``order.delayed`` schedule is the node's to drop when it
+    settles the order's work message (only nodes may purge ``NOTIFICATIONS``, ADR 0015); one
+    firing first is dropped by the notifier, the order having ended by its deadline."""
+    await publish(link.jetstream(), order, "order.cancelled")
 
 
 async def _best_effort(order_id: str, what: str, effect: Awaitable[None]) -> None:
