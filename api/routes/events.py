@@ -32,7 +32,7 @@ from api.auth import requires
 from api.broker_link import broker_link
 from api.paths import ORDER_EVENTS
 from api.responses import AnyRequest
-from api.routes.openapi import BEARER, BROKER_DOWN, OrderId, guarded, problem_spec
+from api.routes.openapi import BEARER, BROKER_DOWN, OPTIONAL_STRING, OrderId, guarded, problem_spec
 from api.routes.orders import readable_order
 from api.streams import LiveStreams, live_streams
 from nodeapp.broker.kv import KeyFollower
@@ -102,6 +102,7 @@ async def order_events(
             name=LAST_EVENT_ID,
             required=False,
             description="The last event id received (a revision): resume after it",
+            schema_extra={**OPTIONAL_STRING, "pattern": r"^[0-9]{1,18}$"},
         ),
     ] = None,
 ) -> Response[Any]:

@@ -22,8 +22,16 @@ from api.auth import customer_of, requires
 from api.paths import ORDERS
 from api.read_side import read_side
 from api.responses import AnyRequest, json_response
-from api.routes.openapi import BEARER, MALFORMED, guarded, json_spec, problem_spec
+from api.routes.openapi import (
+    BEARER,
+    MALFORMED,
+    OPTIONAL_STRING,
+    guarded,
+    json_spec,
+    problem_spec,
+)
 from nodeapp.core.errors import FieldError, InvalidOrder
+from nodeapp.orders.requests import NAME_PATTERN
 from nodeapp.readmodel.params import DEFAULT_LIMIT, MAX_LIMIT, STATUSES, TIME_RULE, list_query
 from nodeapp.readmodel.queries import OrderPage
 from nodeapp.security.scopes import ORDERS_READ
@@ -36,6 +44,15 @@ READ_MODEL_DOWN: Final = problem_spec(
     "cannot be opened; retry after Retry-After seconds"
 )
 Text = str | None
+# The document states each parameter's shape (schemathesis checks the api accepts all of it);
+# each may also be empty, which counts as absent (``?status=`` from a form left blank).
+LIMIT_PATTERN: Final = r"^(?:|[1-9]|[1-9][0-9]|[1-4][0-9]{2}|500)$"  # 1-500
+NAME_SCHEMA: Final = {**OPTIONAL_STRING, "pattern": "^$|" + NAME_PATTERN, "maxLength": 64}
+UTC_TIME: Final = {  # a valid date in any month (days 1-28), seconds to microseconds, Z
+    **OPTIONAL_STRING,
+    "pattern": r"^$|^[1-9][0-9]{3}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?Z$",
+}
 
 
 @get(
@@ -64,19 +81,38 @@ Text = str | None
 )
 async def list_orders(
     request: AnyRequest,
-    status: Annotated[Text, Parameter(description=f"one of {', '.join(sorted(STATUSES))}")] = None,
-    customer_id: Annotated[Text, Parameter(description="only this customer's orders")] = None,
-    product_id: Annotated[Text, Parameter(description="only orders with this product")] = None,
+    status: Annotated[
+        Text,
+        Parameter(
+            description=f"one of {', '.join(sorted(STATUSES))}",
+            schema_extra={**OPTIONAL_STRING, "enum": ["", *sorted(STATUSES)]},
+        ),
+    ] = None,
+    customer_id: Annotated[
+        Text, Parameter(description="only this customer's orders", schema_extra=NAME_SCHEMA)
+    ] = None,
+    product_id: Annotated[
+        Text, Parameter(description="only orders with this product", schema_extra=NAME_SCHEMA)
+    ] = None,
     created_after: Annotated[
-        Text, Parameter(description=f"submitted strictly after; {TIME_RULE}")
+        Text,
+        Parameter(description=f"submitted strictly after; {TIME_RULE}", schema_extra=UTC_TIME),
     ] = None,
     created_before: Annotated[
-        Text, Parameter(description=f"submitted strictly before; {TIME_RULE}")
+        Text,
+        Parameter(description=f"submitted strictly before; {TIME_RULE}", schema_extra=UTC_TIME),
     ] = None,
     limit: Annotated[
-        Text, Parameter(description=f"orders per page, 1-{MAX_LIMIT} (default {DEFAULT_LIMIT})")
+        Text,
+        Parameter(
+            description=f"orders per page, 1-{MAX_LIMIT} (default {DEFAULT_LIMIT})",
+            schema_extra={**OPTIONAL_STRING, "pattern": LIMIT_PATTERN},
+        ),
     ] = None,
-    cursor: Annotated[Text, Parameter(description="next_cursor of the page before")] = None,
+    cursor: Annotated[
+        Text,
+        Parameter(description="next_cursor of the page before", schema_extra=OPTIONAL_STRING),
+    ] = None,
 ) -> Response[bytes]:
     given_once(request, PARAMETERS)
     params = {

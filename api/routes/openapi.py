@@ -120,14 +120,15 @@ ProductId = Annotated[
 NodeId = Annotated[
     str, PathParameter(description="A node id", schema_extra={"pattern": NODE_ID_PATTERN})
 ]
-# An optional header is a string or absent, never JSON null as Litestar's ``str | None`` says.
-OPTIONAL_HEADER: Final = {"type": OpenAPIType.STRING, "oneOf": None}
+# An optional header or query parameter is a string or absent, never JSON null as Litestar's
+# ``str | None`` says.
+OPTIONAL_STRING: Final[dict[str, Any]] = {"type": OpenAPIType.STRING, "oneOf": None}
 IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
         name=IDEMPOTENCY_KEY,
         description="1-255 visible ASCII characters; a retry with it returns the first answer",
-        schema_extra={**OPTIONAL_HEADER, "pattern": IDEMPOTENCY_KEY_PATTERN},
+        schema_extra={**OPTIONAL_STRING, "pattern": IDEMPOTENCY_KEY_PATTERN},
     ),
 ]
 

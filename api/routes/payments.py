@@ -27,7 +27,7 @@ from api.responses import AnyRequest, json_response
 from api.routes.openapi import (
     BROKER_DOWN,
     MALFORMED,
-    OPTIONAL_HEADER,
+    OPTIONAL_STRING,
     checked_query,
     json_spec,
     problem_spec,
@@ -44,7 +44,7 @@ Signature = Annotated[
     HeaderParameter(
         name=SIGNATURE_HEADER,
         description="`t=<unix seconds>,v1=<hex HMAC-SHA256>`; without it the answer is 401",
-        schema_extra=OPTIONAL_HEADER,
+        schema_extra=OPTIONAL_STRING,
     ),
 ]
 

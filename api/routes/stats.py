@@ -14,7 +14,7 @@ from api.paths import STATS
 from api.read_side import read_side
 from api.responses import AnyRequest, json_response
 from api.routes.listing import READ_MODEL_DOWN, given_once
-from api.routes.openapi import BEARER, MALFORMED, guarded, json_spec, problem_spec
+from api.routes.openapi import BEARER, MALFORMED, OPTIONAL_STRING, guarded, json_spec, problem_spec
 from nodeapp.readmodel.stats import DEFAULT_WINDOW, MAX_WINDOW, Stats
 from nodeapp.security.scopes import OPS
 
@@ -44,7 +44,15 @@ async def order_stats(
     request: AnyRequest,
     window: Annotated[
         str | None,
-        Parameter(description=f"seconds, in (0, {MAX_WINDOW:g}] (default {DEFAULT_WINDOW:g})"),
+        Parameter(
+            description=f"seconds, in (0, {MAX_WINDOW:g}] (default {DEFAULT_WINDOW:g})",
+            # Documented: whole or decimal seconds from 1 s to a week less a day, or empty for
+            # the default; the api also takes any other number in range (0.5, 1e3).
+            schema_extra={
+                **OPTIONAL_STRING,
+                "pattern": r"^$|^(?:[1-9][0-9]{0,4}|[1-5][0-9]{5})(?:\.[0-9]{1,3})?$",
+            },
+        ),
     ] = None,
 ) -> Response[bytes]:
     given_once(request, ("window",))
