@@ -101,8 +101,9 @@ async def order_events(
         HeaderParameter(
             name=LAST_EVENT_ID,
             required=False,
-            description="The last event id received (a revision): resume after it",
-            schema_extra={**OPTIONAL_STRING, "pattern": r"^[0-9]{1,18}$"},
+            description="The last event id received (a revision): resume after it; empty is "
+            "the same as absent",
+            schema_extra={**OPTIONAL_STRING, "pattern": r"^[0-9]{0,19}$"},
         ),
     ] = None,
 ) -> Response[Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Annotated, Final
 
 from litestar import Response, get
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIType
 from litestar.params import Parameter
 
 from api.auth import customer_of, requires
@@ -26,13 +27,21 @@ from api.routes.openapi import (
     BEARER,
     MALFORMED,
     OPTIONAL_STRING,
+    BlankIsAbsent,
     guarded,
     json_spec,
     problem_spec,
 )
 from nodeapp.core.errors import FieldError, InvalidOrder
 from nodeapp.orders.requests import NAME_PATTERN
-from nodeapp.readmodel.params import DEFAULT_LIMIT, MAX_LIMIT, STATUSES, TIME_RULE, list_query
+from nodeapp.readmodel.params import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    STATUSES,
+    TIME_RULE,
+    UTC_TIME_PATTERN,
+    list_query,
+)
 from nodeapp.readmodel.queries import OrderPage
 from nodeapp.security.scopes import ORDERS_READ
 
@@ -44,14 +53,20 @@ READ_MODEL_DOWN: Final = problem_spec(
     "cannot be opened; retry after Retry-After seconds"
 )
 Text = str | None
-# The document states each parameter's shape (schemathesis checks the api accepts all of it);
-# each may also be empty, which counts as absent (``?status=`` from a form left blank).
-LIMIT_PATTERN: Final = r"^(?:|[1-9]|[1-9][0-9]|[1-4][0-9]{2}|500)$"  # 1-500
-NAME_SCHEMA: Final = {**OPTIONAL_STRING, "pattern": "^$|" + NAME_PATTERN, "maxLength": 64}
-UTC_TIME: Final = {  # a valid date in any month (days 1-28), seconds to microseconds, Z
+# Each parameter's values as the document states them (schemathesis checks the api takes all of
+# them and refuses the rest); ``BlankIsAbsent`` adds that each may be empty, meaning absent.
+NAME_SCHEMA: Final = {**OPTIONAL_STRING, "pattern": NAME_PATTERN, "maxLength": 64}
+UTC_TIME: Final = {  # the pattern is the shape, ``date-time`` the calendar (no 2025-02-30)
     **OPTIONAL_STRING,
-    "pattern": r"^$|^[1-9][0-9]{3}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
-    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?Z$",
+    "pattern": UTC_TIME_PATTERN,
+    "format": OpenAPIFormat.DATE_TIME,
+}
+LIMIT: Final = {
+    "type": OpenAPIType.INTEGER,
+    "oneOf": None,
+    "minimum": 1,
+    "maximum": MAX_LIMIT,
+    "default": DEFAULT_LIMIT,
 }
 
 
@@ -59,6 +74,7 @@ UTC_TIME: Final = {  # a valid date in any month (days 1-28), seconds to microse
     ORDERS,
     guards=[requires(ORDERS_READ)],
     security=BEARER,
+    operation_class=BlankIsAbsent,
     summary="List and search orders",
     description=(
         "Orders newest first (by `start_time`, the submit time; ties by `order_id`), filtered "
@@ -85,7 +101,7 @@ async def list_orders(
         Text,
         Parameter(
             description=f"one of {', '.join(sorted(STATUSES))}",
-            schema_extra={**OPTIONAL_STRING, "enum": ["", *sorted(STATUSES)]},
+            schema_extra={**OPTIONAL_STRING, "enum": sorted(STATUSES)},
         ),
     ] = None,
     customer_id: Annotated[
@@ -106,7 +122,7 @@ async def list_orders(
         Text,
         Parameter(
             description=f"orders per page, 1-{MAX_LIMIT} (default {DEFAULT_LIMIT})",
-            schema_extra={**OPTIONAL_STRING, "pattern": LIMIT_PATTERN},
+            schema_extra=LIMIT,
         ),
     ] = None,
     cursor: Annotated[

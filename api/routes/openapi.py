@@ -1,6 +1,6 @@
 """What the routes' OpenAPI entries share: the bearer scheme and what a guarded route answers
-before its handler runs, response descriptions, path parameters, and the body of a raw-body
-route.
+before its handler runs, response descriptions, path parameters, the body of a raw-body
+route, and the query parameters a route takes empty (``BlankIsAbsent``).
 
 Every route with a ``requires(...)`` guard says ``security=BEARER`` and
 ``responses=guarded({...})`` (401, 403, 429 as problem+json); ``tests/test_openapi.py`` fails
@@ -15,16 +15,18 @@ Litestar sees no ``data`` parameter to document. ``raw_json_body`` gives such a 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Final
 
 import msgspec
+from litestar.enums import ParamType
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import (
     Components,
     OpenAPIMediaType,
     OpenAPIType,
     Operation,
+    Parameter,
     RequestBody,
     Schema,
     SecurityRequirement,
@@ -142,6 +144,21 @@ def lookup_responses(container: type[Any], found: str, missing: str) -> dict[int
         404: problem_spec(missing),
         503: BROKER_DOWN,
     }
+
+
+@dataclass
+class BlankIsAbsent(Operation):
+    """The ``operation_class`` of a route that reads an empty query parameter as an absent one
+    (``?status=``, as a plain HTML form sends a field left blank): ``allowEmptyValue`` says so
+    for each, and each one's schema describes only its values that are not empty."""
+
+    def __post_init__(self) -> None:
+        self.parameters = [
+            replace(p, allow_empty_value=True)
+            if isinstance(p, Parameter) and p.param_in == ParamType.QUERY
+            else p
+            for p in self.parameters or ()
+        ] or None
 
 
 def raw_json_body(model: type[msgspec.Struct], description: str) -> type[Operation]:

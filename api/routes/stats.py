@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Response, get
+from litestar.openapi.spec import OpenAPIType
 from litestar.params import Parameter
 
 from api.auth import requires
@@ -14,7 +15,7 @@ from api.paths import STATS
 from api.read_side import read_side
 from api.responses import AnyRequest, json_response
 from api.routes.listing import READ_MODEL_DOWN, given_once
-from api.routes.openapi import BEARER, MALFORMED, OPTIONAL_STRING, guarded, json_spec, problem_spec
+from api.routes.openapi import BEARER, MALFORMED, BlankIsAbsent, guarded, json_spec, problem_spec
 from nodeapp.readmodel.stats import DEFAULT_WINDOW, MAX_WINDOW, Stats
 from nodeapp.security.scopes import OPS
 
@@ -23,6 +24,7 @@ from nodeapp.security.scopes import OPS
     STATS,
     guards=[requires(OPS)],
     security=BEARER,
+    operation_class=BlankIsAbsent,
     summary="Order statistics",
     description=(
         "Orders by status and by current step (every order in the read model); completed "
@@ -46,11 +48,13 @@ async def order_stats(
         str | None,
         Parameter(
             description=f"seconds, in (0, {MAX_WINDOW:g}] (default {DEFAULT_WINDOW:g})",
-            # Documented: whole or decimal seconds from 1 s to a week less a day, or empty for
-            # the default; the api also takes any other number in range (0.5, 1e3).
+            # A number as JSON writes it (``stats_window``); empty is absent (``BlankIsAbsent``).
             schema_extra={
-                **OPTIONAL_STRING,
-                "pattern": r"^$|^(?:[1-9][0-9]{0,4}|[1-5][0-9]{5})(?:\.[0-9]{1,3})?$",
+                "type": OpenAPIType.NUMBER,
+                "oneOf": None,
+                "exclusiveMinimum": 0,
+                "maximum": MAX_WINDOW,
+                "default": DEFAULT_WINDOW,
             },
         ),
     ] = None,
