@@ -2,7 +2,8 @@
 
 Tests build apps with their own settings and broker; ``api.server`` builds one for uvicorn.
 With ``ORDERFLOW_PAYMENT_URL`` unset the app also hosts the simulated payment gateway under
-``/sim/payments`` (ADR 0010); its pending verdicts stop before the broker link drains.
+``/sim/payments`` (ADR 0010); its pending verdicts stop before the broker link drains, and those
+for this api's own callback URL go straight to its inbox, not over HTTP (ADR 0018).
 
 Every route needs a bearer token (``api.auth``) except health, readiness, the schema, the
 signed payment callback and the simulated gateway; each route's guard names its scope
@@ -84,12 +85,12 @@ def create_app(settings: Settings, *, traced: bool | None = None) -> Litestar:
         tokens.lifespan,  # after the link's: the watcher stops before the link drains
         streams.lifespan,  # after the link's: the streams' watches stop before it drains
     ]
+    inbox = PaymentInbox(link.payments_bucket, settings.payment_secret)
     if not settings.payment_url:  # nodes pay here: ORDERFLOW_API_URL + /sim/payments
-        gateway = Gateway(settings, link.gateway_bucket)
+        gateway = Gateway(settings, link.gateway_bucket, inbox)  # our verdicts go in-process
         handlers.append(gateway_router(gateway))
         lifespan.append(gateway.lifespan)  # after the link's: it stops before the link drains
     lifespan.append(read_side.lifespan)  # opens once the link is up, closes before it drains
-    inbox = PaymentInbox(link.payments_bucket, settings.payment_secret)
     return Litestar(
         route_handlers=handlers,
         dependencies=inbox_dependency(inbox),
