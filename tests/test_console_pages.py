@@ -61,6 +61,11 @@ async def test_every_page_renders_for_the_admin(
     api: httpx.AsyncClient, tab: httpx.AsyncClient
 ) -> None:
     order_id = await submit(api)
+
+    async def listed() -> bool:  # the list is the read model's: it follows within moments
+        return order_id in (await tab.get(CONSOLE_ORDERS)).text
+
+    await wait_for(listed, within=10)
     pages = {
         "/console/": "Welcome",
         CONSOLE_ORDERS: order_id,
