@@ -36,6 +36,7 @@ from tests.support.api_fixtures import (
     serve_api,
 )
 from tests.support.cli import Cli
+from tests.support.listing import expected
 from tests.support.nodes import running_node
 from tests.support.orders import wait_all_terminal
 from tests.support.services import ApiProcess
@@ -76,28 +77,6 @@ def summary(order: Order) -> dict[str, Any]:
     """What ``GET /orders`` must show for ``order`` (its JSON, as the api encodes it)."""
     document = msgspec.json.decode(encode(order))
     return {field: document[field] for field in SUMMARY_FIELDS} | {"revision": order.revision}
-
-
-def expected(
-    orders: list[Order],
-    status: str | None = None,
-    customer: str | None = None,
-    product: str | None = None,
-    after: datetime | None = None,
-    before: datetime | None = None,
-) -> list[str]:
-    """The ids a filter must list, newest first (ties by order id), from the KV documents."""
-    chosen = [
-        o
-        for o in orders
-        if (status is None or o.status == status)
-        and (customer is None or o.customer_id == customer)
-        and (product is None or product in {item.product_id for item in o.items})
-        and (after is None or o.start_time > after)
-        and (before is None or o.start_time < before)
-    ]
-    chosen.sort(key=lambda o: (o.start_time, o.order_id), reverse=True)
-    return [o.order_id for o in chosen]
 
 
 async def documents(broker: Handles, order_ids: list[str]) -> list[Order]:

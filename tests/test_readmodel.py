@@ -26,6 +26,7 @@ from nodeapp.readmodel.params import STATUSES, Position, encode_cursor
 from nodeapp.readmodel.probe import ReadModelProbe
 from nodeapp.readmodel.projector import Projector
 from nodeapp.readmodel.service import ReadModel, open_read_model, rebuild_read_model
+from tests.support.listing import expected
 from tests.support.waiting import wait_for
 
 BASE = datetime(2025, 3, 1, 10, 0, tzinfo=UTC)
@@ -75,27 +76,6 @@ async def seed(store: OrderStore, count: int = 30) -> list[Order]:
             await store.update(order)
         orders.append(order)
     return orders
-
-
-def expected(
-    orders: list[Order],
-    status: str | None = None,
-    customer: str | None = None,
-    product: str | None = None,
-    after: datetime | None = None,
-    before: datetime | None = None,
-) -> list[str]:
-    chosen = [
-        o
-        for o in orders
-        if (status is None or o.status == status)
-        and (customer is None or o.customer_id == customer)
-        and (product is None or product in {item.product_id for item in o.items})
-        and (after is None or o.start_time > after)
-        and (before is None or o.start_time < before)
-    ]
-    chosen.sort(key=lambda o: (o.start_time, o.order_id), reverse=True)
-    return [o.order_id for o in chosen]
 
 
 def remove_files(folder: Path, pattern: str) -> None:
