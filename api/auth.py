@@ -4,8 +4,9 @@
 into a ``Principal`` on ``request.user`` (``request.auth`` stays None: the token text is kept
 nowhere a later log line could find it), then charges the token's rate limit. Every route needs
 a valid token except ``EXEMPT_PATHS`` (health, readiness, the schema, the signed payment
-callback, the simulated gateway). Route guards from ``requires(...)`` check scopes; a guard runs
-before the handler, so a token lacking the scope gets 403 whether or not the resource exists.
+callback, the simulated gateway, and the console, whose pages check their session instead).
+Route guards from ``requires(...)`` check scopes; a guard runs before the handler, so a token
+lacking the scope gets 403 whether or not the resource exists.
 
 Failures leave as problem+json through ``api.problems`` (its ``EXCEPTION_HANDLERS`` holds
 ``AUTH_EXCEPTION_HANDLERS``): 401 with ``WWW-Authenticate: Bearer``, 403, 429 with
@@ -25,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 from litestar import Litestar
 from litestar.connection import ASGIConnection
@@ -34,7 +35,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from litestar.middleware.base import DefineMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.paths import HEALTHZ, READYZ, SCHEMA
+from api.paths import CONSOLE, HEALTHZ, READYZ, SCHEMA
 from api.problems import AUTH_EXCEPTION_HANDLERS as AUTH_EXCEPTION_HANDLERS  # re-exported
 from api.problems import send_problem
 from api.responses import AnyRequest
@@ -53,9 +54,11 @@ EXEMPT_PATHS: Final = (
     rf"^{re.escape(SCHEMA)}(/|$)",
     rf"^{re.escape(CALLBACK_PATH)}$",
     rf"^{re.escape(SIM_PREFIX)}(/|$)",
+    rf"^{re.escape(CONSOLE)}(/|$)",  # a session, not a bearer token (``api.console``)
 )
 
 
+@runtime_checkable  # Litestar checks a dependency's value against its annotation
 class Verifier(Protocol):
     """What the middleware asks (``TokenCache``; a test may bring its own)."""
 

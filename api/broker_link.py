@@ -5,8 +5,9 @@ NATS is away, rather than a crash loop; routes that need the broker answer 503 u
 up. The link's task owns the connection: it connects, opens the broker handles
 (``nodeapp.orders.handles``, which creates the JetStream resources) and the shop's
 (``nodeapp.shop.resources``), retrying with backoff, then holds the connection with the catalog
-cache that prices every submit watching it, until the lifespan cancels it; the cache stops and
-the connection drains on the way out.
+cache that prices every submit watching it, and answers the nodes' token checks
+(``nodeapp.security.remote``: a node may not read the ``tokens`` bucket), until the lifespan
+cancels it; the cache stops and the connection drains on the way out.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from nodeapp.orders.handles import Handles, open_handles
 from nodeapp.orders.intake import Companion, Intake
 from nodeapp.orders.model import Order
 from nodeapp.orders.store import OrderStore
+from nodeapp.security.remote import Judge, answering_token_checks
 from nodeapp.shop.cache import CatalogCache
 from nodeapp.shop.catalog import Catalog
 from nodeapp.shop.notifications import schedule_delayed
@@ -65,11 +67,16 @@ class BrokerLink:
         self.settings = settings
         self._linked: Linked | None = None
         self._ready = asyncio.Event()  # set while linked
+        self._judge: Judge | None = None
 
     async def linked(self) -> None:
         """Return once the link is up (at once if it is): for what must wait for the broker
         before it starts, such as the read model."""
         await self._ready.wait()
+
+    def answer_token_checks(self, judge: Judge) -> None:
+        """While linked, answer the nodes' token checks with ``judge`` (the token cache)."""
+        self._judge = judge
 
     def _up(self) -> Linked:
         linked = self._linked
@@ -144,11 +151,16 @@ class BrokerLink:
 
     async def _hold_connection(self) -> None:
         """Connect (nats-py retries until a server answers), open the handles and the shop's,
-        start the catalog cache, then wait."""
+        start the catalog cache and the token checks, then wait."""
         async with connection(self.settings, CLIENT_NAME) as nc:
             handles = await open_handles(nc, self.settings)
             shop = await ensure_shop_resources(handles.js, self.settings)
-            async with CatalogCache(shop.catalog) as prices:
+            checks = (
+                answering_token_checks(nc, self._judge)
+                if self._judge is not None
+                else contextlib.nullcontext()
+            )
+            async with CatalogCache(shop.catalog) as prices, checks:
                 self._linked = _linked(handles, shop, prices, self.settings)
                 self._ready.set()
                 log.info("broker link ready", extra={"event": "api.broker_ready"})

@@ -25,6 +25,22 @@ HEALTHZ: Final = "/healthz"
 READYZ: Final = "/readyz"
 METRICS: Final = "/metrics"
 SCHEMA: Final = "/schema"
+# The browser console (``api.console``): a session, not a bearer token (``api.browser``).
+CONSOLE: Final = "/console"
+CONSOLE_HOME: Final = CONSOLE + "/"
+CONSOLE_LOGIN: Final = CONSOLE + "/login"
+CONSOLE_LOGOUT: Final = CONSOLE + "/logout"
+CONSOLE_STATIC: Final = CONSOLE + "/static"  # its stylesheet and script, from 'self' (CSP)
+CONSOLE_ORDERS: Final = CONSOLE + "/orders"
+CONSOLE_ORDER: Final = CONSOLE_ORDERS + "/{order_id:str}"
+CONSOLE_ORDER_TIMELINE: Final = CONSOLE_ORDER + "/timeline"  # the live part, as HTML
+CONSOLE_ORDER_EVENTS: Final = CONSOLE_ORDER + "/events"  # the SSE of ``ORDER_EVENTS``
+CONSOLE_ORDER_CANCEL: Final = CONSOLE_ORDER + "/cancel"
+CONSOLE_CLUSTER: Final = CONSOLE + "/cluster"
+CONSOLE_NODE_DRAIN: Final = CONSOLE_CLUSTER + "/nodes/{node_id:str}/drain"
+CONSOLE_DEAD_LETTERS: Final = CONSOLE + "/dlq"
+CONSOLE_REPLAY: Final = CONSOLE_DEAD_LETTERS + "/{order_id:str}/replay"
+CONSOLE_PRODUCTS: Final = CONSOLE + "/products"
 
 
 def order_location(order_id: str) -> str:

@@ -27,8 +27,6 @@ from nodeapp.core.errors import (
     Fenced,
     FieldError,
     Forbidden,
-    GatewayUnavailable,
-    HoldConflict,
     IdempotencyConflict,
     InvalidOrder,
     NodeNotFound,
@@ -37,19 +35,23 @@ from nodeapp.core.errors import (
     OrderFinished,
     OrderflowError,
     OrderNotFound,
+    RateLimited,
+    ReadModelUnavailable,
+    ResourceMissing,
+    RevisionConflict,
+    TokenNotFound,
+    Unauthenticated,
+)
+from nodeapp.core.shop_errors import (
+    GatewayUnavailable,
+    HoldConflict,
     OutOfStock,
     PaymentConflict,
     PaymentFenced,
     PaymentNotFound,
     ProductNotFound,
-    RateLimited,
-    ReadModelUnavailable,
-    ResourceMissing,
-    RevisionConflict,
     StockConflict,
     StockContention,
-    TokenNotFound,
-    Unauthenticated,
 )
 from nodeapp.core.signing import BadSignature
 

@@ -16,7 +16,7 @@ import msgspec
 
 from api.responses import JSON
 from nodeapp.core.errors import FieldError, InvalidOrder
-from nodeapp.orders.requests import IDEMPOTENCY_KEY, check_idempotency_key
+from nodeapp.orders.requests import check_idempotency_key
 from nodeapp.shop.products import decode_strict
 
 MAX_DELTA: Final = 1_000_000_000
@@ -94,7 +94,7 @@ def require_json(content_type: tuple[str, Mapping[str, str]]) -> None:
         )
 
 
-def idempotency_key(headers: Mapping[str, str]) -> str | None:
-    """The ``Idempotency-Key`` header if present and well-formed (else ``InvalidOrder``, 400)."""
-    value = headers.get(IDEMPOTENCY_KEY)
+def checked_idempotency_key(value: str | None) -> str | None:
+    """The ``Idempotency-Key`` header's value if present and well-formed (else
+    ``InvalidOrder``, 400)."""
     return None if value is None else check_idempotency_key(value)

@@ -30,6 +30,7 @@ from nats.js.kv import KeyValue
 from nodeapp.broker.kv import latest_values
 from nodeapp.broker.resources import Buckets
 from nodeapp.core.errors import OrderflowError
+from nodeapp.core.http import HttpClient, HttpFailed
 from nodeapp.core.settings import Settings
 from nodeapp.local import supervisor
 from nodeapp.local.natsserver import NatsServer
@@ -126,50 +127,6 @@ def sigint_ignored() -> Iterator[None]:
 # -- the cluster under test ------------------------------------------------------------------
 
 
-class RawHttp:
-    """A minimal HTTP/1.1 keep-alive client on asyncio streams, for when httpx's own CPU cost
-    would be what the benchmark measures (everything shares two cores)."""
-
-    def __init__(self, host: str, port: int, token: str = "") -> None:
-        self.host, self.port = host, port
-        self.auth = f"Authorization: Bearer {token}\r\n" if token else ""
-        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-
-    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        if self.streams is None:
-            self.streams = await asyncio.open_connection(self.host, self.port)
-        reader, writer = self.streams
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{self.auth}"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        writer.write(head.encode() + body)
-        status_line = await reader.readline()
-        if not status_line:
-            self.close()
-            raise ConnectionError("the api closed the connection")
-        length, close = 0, False
-        for _ in range(100):  # a bounded header block
-            line = await reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"connection" and value.strip().lower() == b"close":
-                close = True
-        payload = await reader.readexactly(length)
-        if close:
-            self.close()
-        return int(status_line.split()[1]), payload
-
-    def close(self) -> None:
-        if self.streams is not None:
-            self.streams[1].close()
-            self.streams = None
-
-
 async def wait_until(
     what: str, probe: Callable[[], Awaitable[bool]], children: list[Child]
 ) -> None:
@@ -223,15 +180,12 @@ async def start_api(procs: Processes, settings: Settings) -> Child:
     api = procs.spawn("api", "api", ["-m", "api"], child_env(settings))
 
     async def ready() -> bool:
-        client = RawHttp(LOOPBACK, settings.api_port)
-        try:
-            async with asyncio.timeout(2):
-                status, _ = await client.request("GET", "/readyz")
-            return status == 200
-        except (OSError, TimeoutError, asyncio.IncompleteReadError):
-            return False
-        finally:
-            client.close()
+        async with HttpClient(timeout=2) as client:
+            try:
+                answer = await client.request("GET", f"{settings.api_url}/readyz")
+            except HttpFailed:
+                return False
+        return answer.status == 200
 
     await wait_until("api", ready, [api])
     return api

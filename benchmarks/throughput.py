@@ -30,8 +30,9 @@ The shop (ADR 0010): every run first loads a benchmark catalog (``--products`` p
 for every order of the run) and the order bodies buy those products without an ``amount`` (the
 api computes it); direct submits price them as the api does (``price_items`` on a watched
 ``CatalogCache``, then ``Intake.submit(..., priced=...)``). So Pre-Processing authorizes every
-order at the simulated gateway and waits for its signed callback: the api process hosts that
-gateway, so one api runs in every mode (with ``--http`` it also takes the submits), sharing a
+order at the simulated gateway and waits for its signed verdict: the api process hosts that
+gateway (and hands the verdicts to its own inbox in-process, ADR 0018), so one api runs in every
+mode (with ``--http`` it also takes the submits, with a bootstrap admin token), sharing a
 payment secret with the nodes, whose ``ORDERFLOW_API_URL`` points at it. The gateway answers
 after ``--payment-delay`` seconds (default 0: the payment's machinery, not a simulated wait, is
 what is measured; a delay is added to the theoretical order time, 4 x D + delay).
@@ -67,7 +68,6 @@ from benchmarks.common import (
     OrderTimes,
     Processes,
     Profiler,
-    RawHttp,
     RssSampler,
     bare_node_command,
     bench_folder,
@@ -82,6 +82,7 @@ from benchmarks.common import (
 )
 from nodeapp.broker.resources import ORDERS_STREAM
 from nodeapp.core.errors import OrderflowError
+from nodeapp.core.http import HttpClient, HttpFailed
 from nodeapp.core.settings import Settings
 from nodeapp.local.natsserver import free_port
 from nodeapp.orders.handles import Handles, broker_handles
@@ -98,6 +99,7 @@ STEPS: Final = 4
 POLL_INTERVAL: Final = 0.2
 PROGRESS_EVERY: Final = 5.0
 REQUEST_TIMEOUT: Final = 10.0
+BENCH_RATE_LIMIT: Final = 1e6  # requests/s per token: the api's limiter never paces a run
 READY_TIMEOUT: Final = 30.0
 TARGET_SECONDS: Final = 15.0  # default N makes a run last about this long
 MAX_LINES: Final = 3  # items per order, each of quantity 1-5: at most 15 units of one product
@@ -284,39 +286,46 @@ def direct_submitter(
     return submit
 
 
-def raw_http_submitter(port: int, token: str, opts: Options, start: float) -> Submitter:
+def raw_http_submitter(settings: Settings, opts: Options, start: float) -> Submitter:
+    """One keep-alive connection per submitter (``nodeapp.core.http``, the client the nodes
+    use: ~0.07 ms of CPU a request, where httpx needs ~0.6 ms)."""
+    url = f"http://{LOOPBACK}:{settings.api_port}/orders"
+    headers = _headers(settings)
+
     async def submit(state: Submitted) -> None:
-        client = RawHttp(LOOPBACK, port, token)
-        try:
+        async with HttpClient(REQUEST_TIMEOUT, max_connections=1) as client:
             for index in state.indexes:
                 await pace(index, start, opts.rate)
                 try:
-                    async with asyncio.timeout(REQUEST_TIMEOUT):
-                        status, body = await client.request("POST", "/orders", next(state.bodies))
-                except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-                    client.close()
-                    state.error(type(exc).__name__)
+                    answer = await client.request("POST", url, next(state.bodies), headers)
+                except HttpFailed as exc:
+                    state.error(str(exc))
                     continue
-                if status == 202:
-                    state.ids.append(_accepted_decoder.decode(body).order_id)
+                if answer.status == 202:
+                    state.ids.append(_accepted_decoder.decode(answer.body).order_id)
                 else:
-                    state.error(f"HTTP {status}")
-        finally:
-            client.close()
+                    state.error(f"HTTP {answer.status}")
 
     return submit
 
 
-def httpx_submitter(port: int, token: str, opts: Options, start: float) -> Submitter:
+def _headers(settings: Settings) -> dict[str, str]:
+    """What every submit carries: a JSON body, the run's bootstrap admin token."""
+    return {"Content-Type": "application/json", "Authorization": f"Bearer {settings.admin_token}"}
+
+
+def httpx_submitter(settings: Settings, opts: Options, start: float) -> Submitter:
     """One ``httpx.AsyncClient`` (one keep-alive connection) per submitter: a single client
     shared by 64 concurrent requests spends most of its time in its pool (441 vs 1355 req/s
     against a trivial server on this machine)."""
-    headers = {"content-type": "application/json", "authorization": f"Bearer {token}"}
+    headers = _headers(settings)
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 
     async def submit(state: Submitted) -> None:
         async with httpx.AsyncClient(
-            base_url=f"http://{LOOPBACK}:{port}", limits=limits, timeout=REQUEST_TIMEOUT
+            base_url=f"http://{LOOPBACK}:{settings.api_port}",
+            limits=limits,
+            timeout=REQUEST_TIMEOUT,
         ) as client:
             for index in state.indexes:
                 await pace(index, start, opts.rate)
@@ -368,10 +377,13 @@ async def wait_terminal(
         await asyncio.sleep(POLL_INTERVAL if messages else PROGRESS_EVERY / 5)
 
 
-def bench_settings(opts: Options, nats_url: str) -> Settings:
+def bench_settings(opts: Options, nats_url: str, folder: Path) -> Settings:
     """What every child gets: the run's step, concurrency and failure rate, the log level a user
     runs (INFO unless ``--log-level``); the api (hosting the payment gateway) on a free port,
-    the nodes pointed at it with its secret."""
+    the nodes pointed at it with its secret; a bootstrap admin token for the submits over HTTP,
+    with a rate limit far above any load generated here (the limiter is per token, and every
+    submit carries this one); the api's read model in the run's folder (by default it is a file
+    in the working directory, which every run would share)."""
     api_port = free_port(LOOPBACK)
     return Settings(
         nats_url=nats_url,
@@ -383,11 +395,11 @@ def bench_settings(opts: Options, nats_url: str) -> Settings:
         api_url=f"http://{LOOPBACK}:{api_port}",
         payment_secret=secrets.token_urlsafe(32),
         payment_delay=opts.payment_delay,
+        admin_token=secrets.token_urlsafe(32),
+        rate_limit=BENCH_RATE_LIMIT,
+        read_db=str(folder / "read.db"),
         log_level=opts.log_level,
         log_format="json",
-        # --http submits as the api's bootstrap admin, with no rate limit to speak of.
-        admin_token=secrets.token_urlsafe(32),
-        rate_limit=1e9,
     ).validate()
 
 
@@ -435,10 +447,9 @@ class Run:
             assert prices is not None
             faults = self.settings.fault_injection
             return direct_submitter(handles.intake, prices, opts, start, fault_injection=faults)
-        token = self.settings.admin_token
         if opts.client == "httpx":
-            return httpx_submitter(self.settings.api_port, token, opts, start)
-        return raw_http_submitter(self.settings.api_port, token, opts, start)
+            return httpx_submitter(self.settings, opts, start)
+        return raw_http_submitter(self.settings, opts, start)
 
     async def execute(self, handles: Handles) -> Result:
         await self.prepare(handles)
@@ -499,7 +510,7 @@ async def run(opts: Options, procs: Processes, kind: type[Run] = Run) -> Result:
     """One run of ``kind`` (orderflow, or ``benchmarks.ceiling``'s lean pipeline) on a fresh
     broker."""
     server = await asyncio.to_thread(procs.start_server)
-    settings = bench_settings(opts, server.url)
+    settings = bench_settings(opts, server.url, procs.folder)
     bench = kind(opts, procs, settings)
     if server.proc is not None:
         bench.watch("nats-server", server.proc.pid, profile=False)
@@ -695,7 +706,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "--client",
         choices=("raw", "httpx"),
         default="raw",
-        help="HTTP client for --http (raw asyncio streams costs least CPU)",
+        help="HTTP client for --http (raw: nodeapp.core.http, the least CPU)",
     )
     p.add_argument(
         "--clients",

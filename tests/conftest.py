@@ -1,4 +1,5 @@
-"""Fixtures: a real nats-server per test (own port, own store), broker handles, node processes."""
+"""Fixtures: a real nats-server per test (own port, own store, users and permissions as in
+production), broker handles, node processes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from nodeapp.core.settings import Settings, load_settings
 from nodeapp.local.natsserver import NatsServer
 from nodeapp.orders.handles import Handles, broker_handles
+from tests.support.broker_users import TEST_BROKER_USERS, violations
 from tests.support.catalog import load_test_catalog
 from tests.support.processes import NodeProcesses
 from tests.support.tokens import TEST_ADMIN_TOKEN
@@ -23,23 +25,32 @@ pytest_plugins = [
 
 
 @pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A fresh nats-server for each test: tests share no streams, so none sees another's work."""
-    server = NatsServer(tmp_path / "nats").start()
+def nats_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[NatsServer]:
+    """A fresh nats-server for each test: tests share no streams, so none sees another's work.
+
+    Authentication is on (``nats-auth.conf``, the test users' passwords). A permission the code
+    needs but a role lacks fails the test here, naming the subject, unless the test is marked
+    ``broker_violations`` (it provokes them on purpose)."""
+    server = NatsServer(tmp_path / "nats", users=TEST_BROKER_USERS).start()
     try:
         yield server
     finally:
         server.stop()
+    if request.node.get_closest_marker("broker_violations") is None:
+        refused = violations(server.log_file)
+        assert not refused, "nats-auth.conf refused:\n" + "\n".join(refused)
 
 
 @pytest.fixture
 def settings(nats_server: NatsServer, tmp_path: Path) -> Settings:
     """Fast settings for tests: short steps, no random failures, short ack wait and lease; the
     api's bootstrap admin token is ``TEST_ADMIN_TOKEN`` (its clients send it by default); the
-    api's read model in the test's own folder, never the repository."""
+    api's read model in the test's own folder, never the repository. The broker user is
+    ``admin``; the api and node helpers switch to theirs
+    (``tests.support.broker_users.as_role``)."""
     return load_settings(
         {},
-        nats_url=nats_server.url,
+        nats_url=nats_server.url_for("admin"),
         read_db=str(tmp_path / "read.db"),
         step_seconds=0.05,
         failure_rate=0.0,

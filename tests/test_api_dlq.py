@@ -7,33 +7,19 @@ import httpx
 import msgspec
 
 from nodeapp.broker.resources import DLQ_STREAM, ORDERS_STREAM
-from nodeapp.cluster.dead_letters import mark_dead_lettered, publish_dead_letter
 from nodeapp.core.settings import Settings
 from nodeapp.orders.handles import Handles
-from nodeapp.orders.model import DeadLetterMark, Order, WorkMessage, encode, utcnow
+from nodeapp.orders.model import Order, WorkMessage, encode
 from tests.support.api_fixtures import (
     assert_problem,
     order_body,
     running_api,
     wait_ready,
 )
+from tests.support.dead_letters import dead_letter
 from tests.support.orders import submit
 
 NO_DOCUMENT = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
-
-
-async def _dead_letter(broker: Handles, order_id: str, stream_seq: int, *, mark: bool) -> None:
-    reason = "max deliveries reached (3)" if mark else "no order document"
-    await publish_dead_letter(
-        broker.js,
-        encode(WorkMessage(order_id)),
-        reason=reason,
-        order_id=order_id,
-        deliveries=3,
-        stream_seq=stream_seq,
-    )
-    if mark:
-        await mark_dead_lettered(broker.store, order_id, DeadLetterMark(reason, utcnow(), 3))
 
 
 async def test_list_pages_newest_first_and_replay_resumes_the_order(
@@ -42,8 +28,8 @@ async def test_list_pages_newest_first_and_replay_resumes_the_order(
     first, second, third = [await submit(broker.intake) for _ in range(3)]
     await broker.js.purge_stream(ORDERS_STREAM)  # as the advisory handler deletes them
     for seq, order_id in enumerate((first, second, third), start=1):
-        await _dead_letter(broker, order_id, seq, mark=True)
-    await _dead_letter(broker, NO_DOCUMENT, 4, mark=False)
+        await dead_letter(broker, order_id, seq, mark=True)
+    await dead_letter(broker, NO_DOCUMENT, 4, mark=False)
 
     page = (await api.get("/dlq", params={"limit": 3})).json()
     assert [d["order_id"] for d in page["dead_letters"]] == [NO_DOCUMENT, third, second]
@@ -82,14 +68,14 @@ async def test_list_pages_newest_first_and_replay_resumes_the_order(
 
 async def test_replay_refuses_what_cannot_resume(api: httpx.AsyncClient, broker: Handles) -> None:
     finished = await submit(broker.intake)
-    await _dead_letter(broker, finished, 1, mark=True)
+    await dead_letter(broker, finished, 1, mark=True)
 
     def complete(order: Order) -> bool:
         order.status = "completed"
         return True
 
     await broker.store.modify(finished, complete)
-    await _dead_letter(broker, NO_DOCUMENT, 2, mark=False)
+    await dead_letter(broker, NO_DOCUMENT, 2, mark=False)
 
     problem = assert_problem(await api.post(f"/dlq/{finished}/replay"), 409)
     assert problem["detail"] == f"order {finished} cannot be replayed: it is already completed"

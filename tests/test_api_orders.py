@@ -122,11 +122,28 @@ async def test_same_key_with_another_body_is_422(api: httpx.AsyncClient, broker:
     headers = {"Idempotency-Key": "one-body-only"}
     first = await api.post("/orders", json=order_body(), headers=headers)
     assert first.status_code == 202
-    other = await api.post("/orders", json=order_body(customer_id="someone-else"), headers=headers)
+    other = await api.post(
+        "/orders", json=order_body(contact={"email": "a@example.com"}), headers=headers
+    )
     problem = assert_problem(other, 422, "Idempotency-Key")
     assert problem["type"] == "https://orderflow.dev/problems/idempotency-conflict"
     assert await order_keys(broker) == [first.json()["order_id"]]
     assert await work_messages(broker) == 1
+
+
+async def test_idempotency_keys_belong_to_one_customer(
+    api: httpx.AsyncClient, broker: Handles
+) -> None:
+    """Two customers who pick the same key each get their own order: neither replays, blocks
+    nor learns of the other's."""
+    headers = {"Idempotency-Key": "common-choice"}
+    first = await api.post("/orders", json=order_body(customer_id="cust-1"), headers=headers)
+    second = await api.post("/orders", json=order_body(customer_id="cust-2"), headers=headers)
+    assert first.status_code == second.status_code == 202, second.text
+    assert "idempotent-replayed" not in second.headers
+    ids = {first.json()["order_id"], second.json()["order_id"]}
+    assert len(ids) == 2
+    assert sorted(await order_keys(broker)) == sorted(ids)
 
 
 @pytest.mark.parametrize(

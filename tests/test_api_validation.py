@@ -185,6 +185,21 @@ async def test_wrong_method_is_405_problem(api: httpx.AsyncClient, method: str, 
     assert "allow" in response.headers
 
 
+async def test_an_unknown_query_parameter_is_422_naming_it(api: httpx.AsyncClient) -> None:
+    """A typo must not silently change nothing (``?limt=5`` used to list 50)."""
+    assert_problem(await api.get("/products", params={"limt": "5"}), 422, "limt")
+    assert_problem(await api.get("/healthz", params={"verbose": "1"}), 422, "verbose")
+    for _ in range(3):  # each route knows its own, whichever route asked before
+        assert (await api.get("/dlq", params={"before": "1", "limit": "5"})).status_code == 200
+        assert (await api.get("/products", params={"limit": "5"})).status_code == 200
+
+
+async def test_options_lists_every_method_of_a_path(api: httpx.AsyncClient) -> None:
+    """Litestar 2 answered ``Allow: GET, OPTIONS`` for a path that also takes PUT (#4169)."""
+    answer = await api.options("/products/mug")
+    assert (answer.status_code, answer.headers["allow"]) == (204, "GET, OPTIONS, PUT")
+
+
 async def test_unexpected_error_is_500_problem_without_internals(settings: Settings) -> None:
     @get("/boom")
     async def boom() -> None:

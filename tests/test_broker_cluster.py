@@ -28,7 +28,7 @@ NODE_CLIENT = "orderflow-node-"  # how a node names its NATS connection
 def cluster_settings(cluster: NatsCluster) -> Settings:
     return load_settings(
         {},
-        nats_url=cluster.url,
+        nats_url=cluster.url_for("admin"),
         replicas=3,
         step_seconds=0.2,
         failure_rate=0.0,

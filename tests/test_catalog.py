@@ -9,8 +9,9 @@ from decimal import Decimal
 
 import pytest
 
-from nodeapp.core.errors import InvalidOrder, InvalidProduct, ProductNotFound, StockConflict
+from nodeapp.core.errors import InvalidOrder
 from nodeapp.core.settings import Settings
+from nodeapp.core.shop_errors import InvalidProduct, ProductNotFound, StockConflict
 from nodeapp.orders.handles import Handles
 from nodeapp.orders.model import Item
 from nodeapp.shop.cache import CatalogCache

@@ -27,6 +27,7 @@ from nodeapp.orders.handles import Handles
 from nodeapp.shop.catalog import Catalog
 from nodeapp.shop.resources import ensure_shop_resources
 from tests.support.api_fixtures import served_settings
+from tests.support.broker_users import as_role
 from tests.support.cli import Cli, Run
 from tests.support.nodes import running_node
 from tests.support.processes import NodeProcesses
@@ -234,7 +235,7 @@ async def test_init_creates_the_shops_resources_too(
     with pytest.raises(nats.js.errors.NotFoundError):
         await bare_broker.js.key_value("catalog")
     run = await Cli({**os.environ, **settings_env(settings)})("init")
-    assert (run.code, run.out) == (0, f"JetStream resources ready on {settings.nats_url}\n")
+    assert (run.code, run.out) == (0, f"JetStream resources ready on {settings.nats_url_shown}\n")
     for bucket in ("catalog", "stock", "gateway", "payments", "notifications"):
         await bare_broker.js.key_value(bucket)
     await bare_broker.js.consumer_info("NOTIFICATIONS", "notifier")
@@ -314,9 +315,10 @@ async def test_catalog_load_refuses_a_bad_file_whole(
 async def test_payments_runs_the_gateway_alone(
     api_settings: Settings, broker: Handles, tmp_path: Path
 ) -> None:
-    """``orderflow payments``: the simulated gateway on its own port; SIGTERM exits 0."""
+    """``orderflow payments``: the simulated gateway on its own port (as the broker's ``api``
+    user, as compose would run it); SIGTERM exits 0."""
     port = free_port()
-    env = child_env(api_settings, ORDERFLOW_LOG_FORMAT="json")
+    env = child_env(as_role(api_settings, "api"), ORDERFLOW_LOG_FORMAT="json")
     gateway = Child(
         "payments", python_module("nodeapp", "payments", "--port", str(port)), env=env,
         log_path=tmp_path / "payments.log",

@@ -1,7 +1,8 @@
 """A node process's ops endpoints: stat, the two watchdogs (also while the broker is down),
 metrics, errors, and ``POST /stop`` draining the node until the process exits 0, for a token
 with ``ops`` only (401 without a valid one, 403 without the scope); the read-only endpoints need
-no token."""
+no token. A token other than the admin's is judged by the api over NATS (the node may not read
+the ``tokens`` bucket): without an api it gets 503."""
 
 from __future__ import annotations
 
@@ -119,6 +120,7 @@ async def test_watchdogs_report_a_broker_outage_and_recovery(
     await wait_for(recovered, within=15, interval=0.2)
 
 
+@pytest.mark.usefixtures("api")  # judges the tokens the node is shown
 async def test_post_stop_needs_a_token_with_ops(
     ops: tuple[NodeProcess, httpx.AsyncClient], broker: Handles, settings: Settings
 ) -> None:
@@ -147,6 +149,27 @@ async def test_post_stop_needs_a_token_with_ops(
     assert node.alive
 
 
+async def test_post_stop_without_an_api_takes_only_the_admin_token(
+    ops: tuple[NodeProcess, httpx.AsyncClient], broker: Handles, settings: Settings
+) -> None:
+    node, client = ops
+    token = await mint_token(broker, settings, "ops")
+    response = await client.post("/stop", headers=bearer(token))
+    assert response.status_code == 503
+    assert "no api answers token checks" in response.json()["error"]
+    assert token not in response.text
+    assert (await status_of(client, "/stat"))[1]["state"] == "active"
+    # The admin token is the node's own ORDERFLOW_ADMIN_TOKEN: no api needed.
+    assert (await client.post("/stop", headers=bearer(TEST_ADMIN_TOKEN))).status_code == 202
+
+    async def exited() -> bool:
+        return not node.alive
+
+    await wait_for(exited, within=15)
+    assert node.proc.returncode == 0
+
+
+@pytest.mark.usefixtures("api")
 @pytest.mark.parametrize("who", ["ops token", "admin token"])
 async def test_post_stop_drains_the_node_and_it_exits_0(
     ops: tuple[NodeProcess, httpx.AsyncClient], broker: Handles, settings: Settings, who: str

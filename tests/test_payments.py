@@ -21,14 +21,14 @@ from nats.js.kv import KeyValue
 
 from api.problems import EXCEPTION_HANDLERS
 from api.routes.payments import inbox_dependency, payment_callback
-from nodeapp.core.errors import (
-    BrokerUnavailable,
+from nodeapp.core.errors import BrokerUnavailable
+from nodeapp.core.settings import Settings
+from nodeapp.core.shop_errors import (
     GatewayUnavailable,
     PaymentConflict,
     PaymentFenced,
     PaymentNotFound,
 )
-from nodeapp.core.settings import Settings
 from nodeapp.core.signing import SIGNATURE_HEADER, sign
 from nodeapp.local.natsserver import NatsServer, free_port
 from nodeapp.orders.handles import Handles
@@ -405,3 +405,64 @@ async def test_waiter_keeps_hearing_verdicts_across_a_broker_restart(
     assert verdict is not None
     assert verdict.status == "approved"
     assert shop.waiter.found_late == 0
+
+
+async def test_gateways_sharing_the_ledger_never_answer_from_a_stale_copy(shop: Shop) -> None:
+    """Two processes hosting the gateway: each writes a payment's next change from the entry it
+    wrote last, but only a landed write proves that copy current, so a higher epoch or a refund
+    the other one recorded is always seen."""
+    order_id = await approved(shop)  # authorized through the fixture's gateway, at epoch 1
+    async with Gateway(shop.settings, fixed_bucket(shop.ledger)) as other:
+        await other.capture(order_id, epoch=3)
+        with pytest.raises(PaymentFenced) as fenced:  # its copy: authorized at epoch 1
+            await shop.gateway.capture(order_id, epoch=2)
+        assert (fenced.value.epoch, fenced.value.current) == (2, 3)
+        await other.refund(order_id, epoch=3)
+        with pytest.raises(PaymentConflict, match="cannot capture a refunded payment"):
+            await shop.gateway.capture(order_id, epoch=3)  # its copy: captured, a no-op
+    entry = await shop.client.get(order_id)
+    assert (entry.status, entry.captures, entry.refunds) == ("refunded", 1, 1)
+
+
+async def test_a_verdict_for_the_hosting_api_is_recorded_in_process(shop: Shop) -> None:
+    """The api hosting the gateway hands verdicts for its own callback URL to its inbox: no
+    server listens at that URL here, and the verdict is recorded all the same, through the
+    inbox's signature check."""
+    nowhere = msgspec.structs.replace(shop.settings, api_url=f"http://127.0.0.1:{free_port()}")
+    inbox = PaymentInbox(fixed_bucket(shop.payments), SECRET)
+    order_id = new_order_id()
+    async with Gateway(nowhere, fixed_bucket(shop.ledger), inbox) as hosting:
+        request = AuthorizeRequest(
+            order_id=order_id, amount=AMOUNT, token="tok_ok", epoch=1,
+            callback_url=nowhere.api_url + CALLBACK_PATH,
+        )  # fmt: skip
+        assert (await hosting.authorize(request)).status == "pending"
+        verdict = await shop.waiter.wait(order_id, VERDICT_WITHIN)
+        assert verdict is not None
+        assert (verdict.status, verdict.amount) == ("approved", AMOUNT)
+        entry = await delivered(shop, order_id)
+        assert (entry.status, entry.callbacks) == ("authorized", 1)
+        assert (hosting.handed_over, hosting.callbacks_failed) == (1, 0)
+
+
+async def test_an_in_process_verdict_the_inbox_refuses_is_not_retried(shop: Shop) -> None:
+    """The hand-over meets the same checks as the route: signed with another secret than the
+    inbox's, it is refused (the route's 401), recorded nowhere and given up at once."""
+    nowhere = msgspec.structs.replace(shop.settings, api_url=f"http://127.0.0.1:{free_port()}")
+    inbox = PaymentInbox(fixed_bucket(shop.payments), "not-the-gateway-secret")
+    order_id = new_order_id()
+    async with Gateway(nowhere, fixed_bucket(shop.ledger), inbox) as hosting:
+        request = AuthorizeRequest(
+            order_id=order_id, amount=AMOUNT, token="tok_ok", epoch=1,
+            callback_url=nowhere.api_url + CALLBACK_PATH,
+        )  # fmt: skip
+        await hosting.authorize(request)
+
+        async def given_up() -> bool:
+            return hosting.callbacks_failed == 1 and hosting.pending == 0
+
+        await wait_for(given_up, within=VERDICT_WITHIN)
+        assert hosting.handed_over == 0
+    assert await read(shop.payments, order_id) is None
+    entry = await shop.client.get(order_id)
+    assert (entry.status, entry.callbacks, entry.delivered_at) == ("authorized", 0, None)

@@ -252,6 +252,8 @@ async def test_without_a_secret_every_callback_is_refused(
 async def test_the_hosted_gateway_authorizes_and_calls_the_api_back(
     served_api: ServedApi, shop: ShopBuckets
 ) -> None:
+    """The verdict for the api's own callback URL reaches its inbox in-process (ADR 0018): it is
+    recorded, and no request to ``/payments/callback`` was ever served."""
     http, settings = served_api.http, served_api.settings
     order_id = new_order_id()
     body = {
@@ -267,9 +269,16 @@ async def test_the_hosted_gateway_authorizes_and_calls_the_api_back(
 
     verdict = await wait_for(recorded, within=10)
     assert (verdict.status, verdict.amount) == ("approved", Decimal("12.50"))
-    entry = (await http.get(f"/sim/payments/{order_id}")).json()
-    assert entry["payment_id"] == order_id
+
+    async def delivery_recorded() -> dict[str, Any] | None:  # written after the hand-over
+        entry: dict[str, Any] = (await http.get(f"/sim/payments/{order_id}")).json()
+        return entry if entry["callbacks"] == 1 else None
+
+    assert (await wait_for(delivery_recorded, within=10))["payment_id"] == order_id
     assert_problem(await http.get(f"/sim/payments/{UNKNOWN_ORDER}"), 404)
+    served = (await http.get("/metrics")).text
+    assert 'route="/sim/payments/authorize"' in served
+    assert 'route="/payments/callback"' not in served
 
 
 async def test_no_gateway_is_hosted_when_the_payment_url_names_one(

@@ -9,8 +9,9 @@ from decimal import Decimal
 
 import pytest
 
-from nodeapp.core.errors import Fenced, HoldConflict, OutOfStock
+from nodeapp.core.errors import Fenced
 from nodeapp.core.settings import Settings
+from nodeapp.core.shop_errors import HoldConflict, OutOfStock
 from nodeapp.orders.handles import Handles, broker_handles
 from nodeapp.orders.model import Item
 from nodeapp.shop.catalog import Catalog
@@ -260,3 +261,35 @@ async def test_forgetting_a_reserved_hold_is_refused_but_the_rest_are_forgotten(
         await stock.forget_items("o1", 1, [Item("a", 1), Item("b:1", 1)])
     assert (await stock.level("a")).holds == {"o1": Hold(1, "reserved", 1)}
     assert (await stock.level("b:1")).holds == {}
+
+
+async def test_a_sole_writer_skips_the_read_but_never_trusts_a_stale_copy(
+    settings: Settings, catalog: Catalog
+) -> None:
+    """A process that is a product's only writer writes its next change from the copy it kept
+    (no read); once another process wrote, the broker refuses that write and the change is
+    decided on a fresh read: it cannot oversell from an old copy."""
+    mine = Stock(catalog.stock.kv)  # a process of its own: nothing kept yet
+    await mine.reserve("a", "o1", 1, 3)  # read: the catalog wrote last
+    await mine.reserve("a", "o2", 1, 3)  # read: its own write was the last, so it keeps this one
+    await mine.reserve("a", "o3", 1, 1)  # from the kept copy
+    assert (mine.writer.reads, mine.writer.stale) == (2, 0)
+
+    async with broker_handles(settings, "other-process") as handles:
+        other = Stock((await ensure_shop_resources(handles.js, settings)).stock)
+        assert counts(await other.reserve("a", "x", 1, 3)) == (10, 10, 0)
+        with pytest.raises(OutOfStock):  # the kept copy said 3 available
+            await mine.reserve("a", "o4", 1, 1)
+        assert (mine.writer.reads, mine.writer.stale) == (3, 1)
+
+        await mine.release("a", "o3", 1)  # read (another writer was last): nothing kept
+        await mine.release("a", "o2", 1)  # read: its own write was last, kept from here
+        assert counts(await mine.release("a", "o1", 1)) == (10, 3, 7)
+        assert mine.writer.reads == 5
+        await mine.reserve("a", "o5", 1, 7)  # the kept copy: 0 available from here on
+        await other.adjust("a", 5)
+        # Refused on the kept copy (0 available), so decided on a fresh read: 5 are there.
+        assert counts(await mine.reserve("a", "o6", 1, 5)) == (15, 15, 0)
+        assert (mine.writer.reads, mine.writer.stale) == (6, 1)
+    level = await catalog.stock.level("a")
+    assert level.reserved == sum(h.quantity for h in level.holds.values() if h.state == "reserved")

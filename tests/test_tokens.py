@@ -149,6 +149,43 @@ async def test_the_admin_token_from_settings_is_an_admin(
         assert await refusal(cache, ADMIN_SECRET) == "malformed"
 
 
+async def test_a_session_checks_its_token_by_id(
+    broker: Handles, settings: Settings, store: TokenStore, tokens_kv: KeyValue
+) -> None:
+    """A console session keeps the id of a token verified at login; ``standing`` says where
+    that token stands now, so revoking or expiring it ends the session."""
+    _, good = await store.create("good", [ORDERS_READ], customer="cust-1")
+    past = datetime.now(UTC) - timedelta(hours=1)
+    _, expired = await TokenStore(tokens_kv, clock=lambda: past).create("old", [OPS], ttl=60)
+    token_id = parse_token(good)[0]
+    admin_settings = msgspec.structs.replace(settings, admin_token=ADMIN_SECRET)
+    async with cache_for(broker, admin_settings) as cache:
+        assert await cache.standing(token_id) == await cache.verify(good)
+        assert (await cache.standing(ADMIN_TOKEN_ID)).token_id == ADMIN_TOKEN_ID
+        await store.revoke(token_id)
+
+        wrong: dict[str | None, str] = {
+            None: "missing", "": "missing", "0" * 16: "unknown", "no such id": "unknown",
+            parse_token(expired)[0]: "expired",
+        }  # fmt: skip
+        for presented, reason in wrong.items():
+            with pytest.raises(Unauthenticated, match=reason):
+                await cache.standing(presented)
+        assert await wait_for(lambda: _revoked(cache, token_id), within=2.0) == "revoked"
+    no_admin = msgspec.structs.replace(settings, admin_token="")
+    async with cache_for(broker, no_admin) as cache:  # no bootstrap admin: its id is nobody
+        with pytest.raises(Unauthenticated, match="unknown"):
+            await cache.standing(ADMIN_TOKEN_ID)
+
+
+async def _revoked(cache: TokenCache, token_id: str) -> str | None:
+    try:
+        await cache.standing(token_id)
+    except Unauthenticated as exc:
+        return exc.reason
+    return None
+
+
 async def test_revocation_reaches_a_second_process_within_two_seconds(
     broker: Handles, settings: Settings, store: TokenStore
 ) -> None:

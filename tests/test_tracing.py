@@ -188,7 +188,17 @@ async def test_a_takeover_after_a_crash_continues_the_same_trace(
     crashing.signal(signal.SIGKILL)  # its open spans die with it; the message comes back
     node_processes.start("rescuing-node", **exporter_env(receiver))
 
-    trace = await wait_trace(receiver, order_id, f"step {STEP_NAMES[-1]}", within=30)
+    async def rescued() -> OrderTrace | None:
+        """The trace once the rescuer's completed delivery is in: its consumer span ends (and
+        is exported) after the last step's, maybe in a later batch."""
+        trace = await wait_trace(receiver, order_id, f"step {STEP_NAMES[-1]}", within=30)
+        done = any(
+            s.name == "orders.work process" and s.attributes["orderflow.outcome"] == "completed"
+            for s in trace.spans
+        )
+        return trace if done else None
+
+    trace = await wait_for(rescued, within=30, interval=0.1)
     # Every delivery to the rescuer (a first one may be deferred while the dead node's lease
     # runs out) continues the trace from the producer span, as the headers came back with it.
     deliveries = [s for s in trace.spans if s.name == "orders.work process"]

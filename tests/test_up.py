@@ -5,7 +5,9 @@ It loads the demo catalog into the empty one and suggests an order that complete
 gateway the api hosts; it keeps serving when a node is SIGKILLed (the node is restarted and the
 cluster heals), it moves monitoring off a taken 8222, it keeps its generated secrets private,
 and SIGTERM stops everything and exits 0. It makes the first admin token (``<data>/admin-token``,
-mode 0600), shows it once, and its suggested ``curl`` works as printed.
+mode 0600), shows it once, and its suggested ``curl`` works as printed. Its broker refuses
+anonymous clients; the broker users' passwords are kept private and never printed, and the
+banner's ``export NATS_URL=...`` line works as printed for ``orderflow inspect``.
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import nats.errors
 import pytest
+from nats.aio.client import Client as NATS
 
 from nodeapp.core.settings import load_settings
+from nodeapp.local.broker_users import CONTEXT_FILE, ROLES
 from nodeapp.local.natsserver import free_port
 from nodeapp.local.secret_files import kept_secret
 from nodeapp.local.supervisor import Child, python_module
@@ -43,7 +49,7 @@ from tests.support.waiting import wait_for
 MONITOR_PORT = 8222
 SOURCE = Path(__file__).resolve().parents[1]  # this checkout, not whatever is installed
 START_WITHIN = 60.0  # two shared cores: interpreters, nats-server, api and nodes all start
-_BANNER_LINE = re.compile(r"^  (api|broker|monitor|nodes|catalog|payments|token)\s+(\S+)")
+_BANNER_LINE = re.compile(r"^  (api|console|broker|monitor|nodes|catalog|payments|token)\s+(\S+)")
 _CURL_BODY = re.compile(r"-d '(\{.*\})'")
 
 
@@ -96,6 +102,7 @@ class Up:
             "ORDERFLOW_ACK_WAIT": "2",
             "ORDERFLOW_LEASE_SECONDS": "3",
         }
+        self.env = env
         self.child = Child("up", argv, env=env, log_path=folder / "up.log", cwd=folder)
         self.descendants: set[int] = set()
 
@@ -122,7 +129,7 @@ class Up:
         return await wait_for(probe, within, interval=0.1)
 
     async def banner(self) -> dict[str, str]:
-        """``api``, ``broker``, ``monitor``, ``nodes``, ``catalog``, ``payments`` and
+        """``api``, ``console``, ``broker``, ``monitor``, ``nodes``, ``catalog``, ``payments`` and
         ``token`` (each line's first word), ``catalog line``, ``token line`` and ``try`` (whole
         lines), and ``body`` (the suggested order's, when there is one)."""
         await self.wait_output("Ctrl-C stops everything", START_WITHIN)
@@ -132,6 +139,7 @@ class Up:
         found["catalog line"] = next(line for line in lines if line.startswith("  catalog"))
         found["token line"] = next(line for line in lines[start:] if line.startswith("  token"))
         found["try"] = next(line for line in lines[start:] if line.startswith("try: "))
+        found["admin line"] = next(line for line in lines[start:] if line.startswith("  admin"))
         body = _CURL_BODY.search(self.output())
         return {**found, "body": body[1] if body else ""}
 
@@ -201,6 +209,7 @@ async def order_completes(http: httpx.AsyncClient, body: dict[str, Any]) -> dict
 async def test_up_serves_and_restarts_a_killed_node(up: Up) -> None:
     banner = await up.banner()
     assert banner["api"] == up.api_url
+    assert banner["console"] == f"{up.api_url}/console/"
     assert banner["broker"].startswith("nats://127.0.0.1:")
     assert banner["nodes"] == "2"
     monitor = banner["monitor"]
@@ -221,6 +230,8 @@ async def test_up_serves_and_restarts_a_killed_node(up: Up) -> None:
     assert up.output().count(up.admin_token()) == 1  # in no log line of the api or the nodes
     async with httpx.AsyncClient(base_url=up.api_url, timeout=5.0) as anonymous:
         assert (await anonymous.get("/cluster")).status_code == 401
+        console = await anonymous.get(banner["console"])  # the console asks for a login
+        assert (console.status_code, console.headers["location"]) == (303, "/console/login")
     # The suggested curl works as printed, in a shell.
     command = banner["try"].removeprefix("try: ")
     assert f'-H "Authorization: Bearer $(cat {kept})"' in command
@@ -278,6 +289,7 @@ async def test_sigterm_stops_everything_and_exits_0(tmp_path: Path) -> None:
         assert banner["body"] == ""
         async with process.client() as http:
             await wait_for(lambda: _exactly(http, 1), 30.0, interval=0.2)
+        await _broker_is_locked(process, banner)
         process.remember_children()
         assert len(process.descendants) == 3, process.descendants  # broker, api, node
         process.child.signal(signal.SIGTERM)
@@ -287,16 +299,38 @@ async def test_sigterm_stops_everything_and_exits_0(tmp_path: Path) -> None:
         assert "orderflow stopped" in process.output()
         kept = process.data_dir / SECRETS_DIR
         assert (kept.stat().st_mode & 0o777) == 0o700
-        for name in KEPT_SECRETS:
+        for name in (*KEPT_SECRETS, *(f"nats-{role}" for role in ROLES), CONTEXT_FILE):
             secret = (kept / name).read_text().strip()
             assert ((kept / name).stat().st_mode & 0o777) == 0o600
             assert len(secret) >= 40
             assert secret not in process.output()  # never printed or logged
+        context = json.loads((kept / CONTEXT_FILE).read_text())
+        admin_password = (kept / "nats-admin").read_text().strip()
+        assert (context["user"], context["password"]) == ("admin", admin_password)
+        assert context["url"] == banner["broker"]
     finally:
         await asyncio.to_thread(process.stop)
 
 
 CATALOG_HINT = "add products with orderflow catalog load FILE.json"
+
+
+async def _broker_is_locked(process: Up, banner: dict[str, str]) -> None:
+    """up's broker refuses an anonymous client; the banner's admin line works as printed."""
+    anonymous = NATS()
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await anonymous.connect(banner["broker"], allow_reconnect=False, max_reconnect_attempts=1)
+    await anonymous.close()
+    export = re.search(r'export NATS_URL="[^"]+"', banner["admin line"])
+    assert export is not None, banner["admin line"]
+    assert "$(cat " in export[0]  # the password is read by the shell, never printed
+    inspect = f"{export[0]}; {sys.executable} -m nodeapp inspect"
+    done = await asyncio.to_thread(
+        subprocess.run, ["bash", "-c", inspect], env=process.env, capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "ORDERS" in done.stdout
 
 
 def test_secrets_are_generated_once_kept_private_and_the_environments_win(

@@ -24,15 +24,16 @@ from litestar import Response, get
 from litestar.background_tasks import BackgroundTask
 from litestar.exceptions import ServiceUnavailableException
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, HeaderParameter
+from litestar.params import HeaderParameter
 from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
-from api.auth import requires, visible_to
+from api.auth import requires
 from api.broker_link import broker_link
 from api.paths import ORDER_EVENTS
 from api.responses import AnyRequest
-from api.routes.openapi import BROKER_DOWN, problem_spec
+from api.routes.openapi import BEARER, BROKER_DOWN, OPTIONAL_STRING, OrderId, guarded, problem_spec
+from api.routes.orders import readable_order
 from api.streams import LiveStreams, live_streams
 from nodeapp.broker.kv import KeyFollower
 from nodeapp.core.errors import FieldError, InvalidOrder, OrderNotFound
@@ -63,6 +64,7 @@ def last_event_id(value: str | None) -> int | None:
 @get(
     ORDER_EVENTS,
     guards=[requires(ORDERS_READ)],
+    security=BEARER,
     summary="Follow an order live (Server-Sent Events)",
     description=(
         "A `text/event-stream`: first the current document (`event: order`, `id: <revision>`, "
@@ -72,34 +74,47 @@ def last_event_id(value: str | None) -> int | None:
         "revisions newer than it come first; 204 when the order had already ended by then. "
         "Needs scope `orders:read`; a customer token sees only its customer's orders."
     ),
-    responses={
-        200: ResponseSpec(
-            data_container=str,
-            description="The event stream (each event's data is the order document's JSON)",
-            media_type=EVENT_STREAM,
-            generate_examples=False,
-        ),
-        204: ResponseSpec(
-            data_container=None,
-            description="Last-Event-ID is the terminal revision or later: nothing more to send",
-        ),
-        400: problem_spec("Last-Event-ID is not a revision"),
-        404: problem_spec("No such order"),
-        503: BROKER_DOWN,
-    },
+    responses=guarded(
+        {
+            200: ResponseSpec(
+                data_container=str,
+                description="The event stream (each event's data is the order document's JSON)",
+                media_type=EVENT_STREAM,
+                generate_examples=False,
+            ),
+            204: ResponseSpec(
+                data_container=None,
+                description="Last-Event-ID is the terminal revision or later: nothing more to send",
+            ),
+            400: problem_spec("Last-Event-ID is not a revision"),
+            404: problem_spec("No such order"),
+            503: BROKER_DOWN,
+        },
+        ORDERS_READ,
+    ),
 )
 async def order_events(
     request: AnyRequest,
-    order_id: FromPath[str],
+    order_id: OrderId,
     last_event: Annotated[
         str | None,
         HeaderParameter(
             name=LAST_EVENT_ID,
             required=False,
-            description="The last event id received (a revision): resume after it",
+            description="The last event id received (a revision): resume after it; empty is "
+            "the same as absent",
+            schema_extra={**OPTIONAL_STRING, "pattern": r"^[0-9]{0,19}$"},
         ),
     ] = None,
 ) -> Response[Any]:
+    return await order_event_stream(request, order_id, last_event)
+
+
+async def order_event_stream(
+    request: AnyRequest, order_id: str, last_event: str | None
+) -> Response[Any]:
+    """The order's event stream as the request's token may see it (this route, and the
+    console's, which goes by a session: an EventSource cannot send a bearer header)."""
     if not is_order_id(order_id):
         raise OrderNotFound(order_id)
     after = last_event_id(last_event)
@@ -108,10 +123,8 @@ async def order_events(
         raise ServiceUnavailableException(
             "the api is shutting down; reconnect", headers={"Retry-After": "1"}
         )
+    order = await readable_order(request, order_id)
     link = broker_link(request)
-    order = await link.store().get(order_id)
-    if not visible_to(request, order.customer_id):
-        raise OrderNotFound(order_id)  # another customer's order: as if there were none
     current = order.revision or 0
     if after is not None and after > current:
         after = None  # not an id of this order's stream: start again from the current one

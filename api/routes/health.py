@@ -23,7 +23,7 @@ from api.broker_link import broker_link
 from api.paths import HEALTHZ, READYZ
 from api.read_side import ReadSide, read_side
 from api.responses import JSON, AnyRequest, json_response
-from api.routes.openapi import json_spec, problem_spec
+from api.routes.openapi import checked_query, json_spec, problem_spec
 from api.schemas import HealthStatus, Readiness, ReadModelLag
 from nodeapp.broker.connection import broker_errors
 from nodeapp.broker.resources import NODES_BUCKET, ORDERS_BUCKET, ORDERS_STREAM, WORKERS_CONSUMER
@@ -40,7 +40,7 @@ _OK: Final = encode(HealthStatus("ok"))
 @get(
     HEALTHZ,
     summary="Liveness",
-    responses={200: json_spec(HealthStatus, "Alive")},
+    responses=checked_query({200: json_spec(HealthStatus, "Alive")}),
 )
 async def healthz() -> Response[bytes]:
     return Response(_OK, media_type=JSON)
@@ -91,13 +91,15 @@ async def _read_model_lag(side: ReadSide) -> ReadModelLag:
 @get(
     READYZ,
     summary="Readiness",
-    responses={
-        200: json_spec(Readiness, "Ready to take orders; the read model's lag"),
-        503: problem_spec(
-            "Broker unreachable, a JetStream resource missing, or the read model not open or "
-            "no longer following the bucket"
-        ),
-    },
+    responses=checked_query(
+        {
+            200: json_spec(Readiness, "Ready to take orders; the read model's lag"),
+            503: problem_spec(
+                "Broker unreachable, a JetStream resource missing, or the read model not open or "
+                "no longer following the bucket"
+            ),
+        }
+    ),
 )
 async def readyz(request: AnyRequest) -> Response[bytes]:
     link = broker_link(request)

@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 
 from litestar import Response, get
-from litestar.params import FromPath
 
 from api.auth import requires, visible_to
 from api.broker_link import broker_link
 from api.paths import ORDER_HISTORY
 from api.responses import AnyRequest, json_response
-from api.routes.openapi import lookup_responses
+from api.routes.openapi import BEARER, OrderId, guarded, lookup_responses
 from nodeapp.broker.connection import broker_errors
 from nodeapp.core.errors import OrderNotFound
 from nodeapp.orders.model import is_order_id
@@ -26,15 +25,26 @@ from nodeapp.security.scopes import OPS, ORDERS_READ
 @get(
     ORDER_HISTORY,
     guards=[requires(ORDERS_READ, OPS)],
+    security=BEARER,
     summary="An order's history",
     description=(
         "Every stored revision, oldest first: its time (when the broker stored it), status, "
         "current step, the node that wrote it, a short transition such as "
         "`Scheduling completed, Pre-Processing started`, and the document as it was."
     ),
-    responses=lookup_responses(list[Revision], "The revisions, oldest first", "No such order"),
+    responses=guarded(
+        lookup_responses(list[Revision], "The revisions, oldest first", "No such order"),
+        ORDERS_READ,
+        OPS,
+    ),
 )
-async def get_order_history(request: AnyRequest, order_id: FromPath[str]) -> Response[bytes]:
+async def get_order_history(request: AnyRequest, order_id: OrderId) -> Response[bytes]:
+    return json_response(await order_revisions(request, order_id))
+
+
+async def order_revisions(request: AnyRequest, order_id: str) -> list[Revision]:
+    """The order's revisions described, oldest first, if the request's token may see it (this
+    route and the console's order page); ``OrderNotFound`` otherwise."""
     if not is_order_id(order_id):
         raise OrderNotFound(order_id)
     link = broker_link(request)
@@ -45,4 +55,4 @@ async def get_order_history(request: AnyRequest, order_id: FromPath[str]) -> Res
     last = history[-1].order if history else None
     if last is None or not visible_to(request, last.customer_id):
         raise OrderNotFound(order_id)  # withdrawn, deleted or another customer's: as GET says
-    return json_response(timeline(history))
+    return timeline(history)

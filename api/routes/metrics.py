@@ -8,6 +8,7 @@ from api.auth import requires
 from api.metrics import api_metrics
 from api.paths import METRICS
 from api.responses import AnyRequest
+from api.routes.openapi import BEARER, guarded
 from nodeapp.cluster.backlog import CONTENT_TYPE
 from nodeapp.security.scopes import OPS
 
@@ -15,6 +16,8 @@ from nodeapp.security.scopes import OPS
 @get(
     METRICS,
     guards=[requires(OPS)],
+    security=BEARER,
+    responses=guarded({}, OPS),
     summary="Prometheus metrics",
     description=(
         "Orders submitted by outcome, request latency by route, consumer backlog, the read "

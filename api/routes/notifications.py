@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import msgspec
 from litestar import Response, get
-from litestar.params import FromPath
 
-from api.auth import requires, visible_to
+from api.auth import requires
 from api.broker_link import broker_link
 from api.paths import ORDER_NOTIFICATIONS
 from api.responses import AnyRequest, json_response
-from api.routes.openapi import lookup_responses
-from nodeapp.core.errors import OrderNotFound
-from nodeapp.orders.model import is_order_id
+from api.routes.openapi import BEARER, OrderId, guarded, lookup_responses
+from api.routes.orders import readable_order
 from nodeapp.security.scopes import ORDERS_READ
 from nodeapp.shop.notifications import DeliveryState, notifications_for
 
@@ -29,6 +27,7 @@ class OrderNotifications(msgspec.Struct, frozen=True):
 @get(
     ORDER_NOTIFICATIONS,
     guards=[requires(ORDERS_READ)],
+    security=BEARER,
     summary="An order's notifications",
     description=(
         "Each notification of the order (`order.completed`, `order.failed`, "
@@ -36,14 +35,11 @@ class OrderNotifications(msgspec.Struct, frozen=True):
         "`failed` (being retried), `dead` (given up), `skipped` (no webhook configured). One "
         "not yet taken by a notifier is not listed."
     ),
-    responses=lookup_responses(OrderNotifications, "The notifications", "No such order"),
+    responses=guarded(
+        lookup_responses(OrderNotifications, "The notifications", "No such order"), ORDERS_READ
+    ),
 )
-async def get_order_notifications(request: AnyRequest, order_id: FromPath[str]) -> Response[bytes]:
-    if not is_order_id(order_id):
-        raise OrderNotFound(order_id)  # not an order id: cannot be an order either
-    link = broker_link(request)
-    order = await link.store().get(order_id)  # OrderNotFound: 404
-    if not visible_to(request, order.customer_id):
-        raise OrderNotFound(order_id)
-    states = await notifications_for(link.shop().notifications, order_id)
+async def get_order_notifications(request: AnyRequest, order_id: OrderId) -> Response[bytes]:
+    await readable_order(request, order_id)  # OrderNotFound: 404
+    states = await notifications_for(broker_link(request).shop().notifications, order_id)
     return json_response(OrderNotifications(order_id, states))

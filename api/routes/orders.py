@@ -10,14 +10,23 @@ from __future__ import annotations
 
 from litestar import Response, get, post
 from litestar.datastructures import ResponseHeader
-from litestar.params import FromPath
 
 from api.auth import check_customer, requires, visible_to
 from api.broker_link import broker_link
 from api.paths import ORDER, ORDERS, order_location
 from api.responses import AnyRequest, json_response
-from api.routes.openapi import BROKER_DOWN, json_spec, lookup_responses, problem_spec, raw_json_body
-from api.schemas import SubmitResponse, idempotency_key, require_json
+from api.routes.openapi import (
+    BEARER,
+    BROKER_DOWN,
+    IdempotencyKey,
+    OrderId,
+    guarded,
+    json_spec,
+    lookup_responses,
+    problem_spec,
+    raw_json_body,
+)
+from api.schemas import SubmitResponse, checked_idempotency_key, require_json
 from nodeapp.core.errors import OrderNotFound
 from nodeapp.orders.model import Order, is_order_id
 from nodeapp.orders.requests import (
@@ -34,6 +43,7 @@ from nodeapp.shop.checkout import price_items
     ORDERS,
     status_code=202,
     guards=[requires(ORDERS_WRITE)],
+    security=BEARER,
     request_max_body_size=MAX_BODY_BYTES,
     operation_class=raw_json_body(OrderRequest, "The order; unknown fields are refused"),
     summary="Submit an order",
@@ -50,23 +60,28 @@ from nodeapp.shop.checkout import price_items
             name="Location", description=order_location("{order_id}"), documentation_only=True
         )
     ],
-    responses={
-        202: json_spec(SubmitResponse, "Accepted"),
-        400: problem_spec("Malformed JSON, or a bad Idempotency-Key"),
-        403: problem_spec("The token lacks orders:write, or acts for another customer"),
-        413: problem_spec("Body over 64 KiB"),
-        415: problem_spec("Content-Type is not application/json"),
-        422: problem_spec(
-            "Invalid fields (an unknown or inactive items[i].product_id, an amount other than "
-            "the total), or an Idempotency-Key reused with another body"
-        ),
-        503: BROKER_DOWN,
-    },
+    responses=guarded(
+        {
+            202: json_spec(SubmitResponse, "Accepted"),
+            400: problem_spec("Malformed JSON, or a bad Idempotency-Key"),
+            403: problem_spec("The token lacks orders:write, or acts for another customer"),
+            413: problem_spec("Body over 64 KiB"),
+            415: problem_spec("Content-Type is not application/json"),
+            422: problem_spec(
+                "Invalid fields (an unknown or inactive items[i].product_id, an amount other than "
+                "the total), or an Idempotency-Key reused with another body"
+            ),
+            503: BROKER_DOWN,
+        },
+        ORDERS_WRITE,
+    ),
 )
-async def submit_order(request: AnyRequest) -> Response[bytes]:
+async def submit_order(
+    request: AnyRequest, idempotency_key: IdempotencyKey = None
+) -> Response[bytes]:
     link = broker_link(request)
     require_json(request.content_type)
-    key = idempotency_key(request.headers)
+    key = checked_idempotency_key(idempotency_key)
     order_request = decode_order_request(
         await request.body(), fault_injection=link.settings.fault_injection
     )
@@ -85,14 +100,21 @@ async def submit_order(request: AnyRequest) -> Response[bytes]:
 @get(
     ORDER,
     guards=[requires(ORDERS_READ)],
+    security=BEARER,
     summary="Read an order",
     description="The order document: status, every step with its times, failure, owner.",
-    responses=lookup_responses(Order, "The order document", "No such order"),
+    responses=guarded(lookup_responses(Order, "The order document", "No such order"), ORDERS_READ),
 )
-async def get_order(request: AnyRequest, order_id: FromPath[str]) -> Response[bytes]:
+async def get_order(request: AnyRequest, order_id: OrderId) -> Response[bytes]:
+    return json_response(await readable_order(request, order_id))
+
+
+async def readable_order(request: AnyRequest, order_id: str) -> Order:
+    """The order as stored, if the request's token may see it; ``OrderNotFound`` otherwise (an
+    id that is not an order id, no such order, or another customer's: all alike)."""
     if not is_order_id(order_id):
         raise OrderNotFound(order_id)  # not an order id: cannot be an order either
     order = await broker_link(request).store().get(order_id)
     if not visible_to(request, order.customer_id):
         raise OrderNotFound(order_id)  # another customer's order: as if there were none
-    return json_response(order)
+    return order

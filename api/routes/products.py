@@ -11,13 +11,22 @@ from __future__ import annotations
 from typing import Annotated, Final
 
 from litestar import Response, get, post, put
-from litestar.params import FromPath, Parameter
+from litestar.params import Parameter
 
 from api.auth import requires
 from api.broker_link import broker_link
 from api.paths import PRODUCT, PRODUCT_STOCK, PRODUCTS, product_location
 from api.responses import AnyRequest, json_response
-from api.routes.openapi import BROKER_DOWN, json_spec, problem_spec, raw_json_body
+from api.routes.openapi import (
+    BEARER,
+    BROKER_DOWN,
+    MALFORMED,
+    ProductId,
+    guarded,
+    json_spec,
+    problem_spec,
+    raw_json_body,
+)
 from api.schemas import StockChange, decode_stock_change, require_json
 from nodeapp.security.scopes import CATALOG_WRITE
 from nodeapp.shop.catalog import DEFAULT_LIMIT, MAX_LIMIT, CatalogPage
@@ -32,17 +41,20 @@ CONTENDED: Final = problem_spec("The product's stock is too contended right now;
 @get(
     PRODUCTS,
     guards=[requires()],  # any valid token
+    security=BEARER,
     summary="List products",
     description=(
         "Products by id, `limit` per page; pass `next_cursor` back as `cursor` for the next "
         "page (null after the last). Paging never repeats or skips a product."
     ),
-    responses={
-        200: json_spec(CatalogPage, "A page of products"),
-        400: problem_spec("limit is not a whole number in 1-500"),
-        422: problem_spec("cursor is not one this api gave out"),
-        503: BROKER_DOWN,
-    },
+    responses=guarded(
+        {
+            200: json_spec(CatalogPage, "A page of products"),
+            400: problem_spec("limit is not a whole number in 1-500"),
+            422: problem_spec("cursor is not one this api gave out"),
+            503: BROKER_DOWN,
+        }
+    ),
 )
 async def list_products(
     request: AnyRequest,
@@ -57,16 +69,20 @@ async def list_products(
 @get(
     PRODUCT,
     guards=[requires()],  # any valid token
+    security=BEARER,
     summary="Read a product",
     description="The product with its stock: on_hand, reserved (held by orders), available.",
-    responses={
-        200: json_spec(ProductView, "The product and its stock"),
-        404: problem_spec("No such product"),
-        422: problem_spec(f"The path names {BAD_ID}"),
-        503: BROKER_DOWN,
-    },
+    responses=guarded(
+        {
+            200: json_spec(ProductView, "The product and its stock"),
+            400: MALFORMED,
+            404: problem_spec("No such product"),
+            422: problem_spec(f"The path names {BAD_ID}"),
+            503: BROKER_DOWN,
+        }
+    ),
 )
-async def get_product(request: AnyRequest, product_id: FromPath[str]) -> Response[bytes]:
+async def get_product(request: AnyRequest, product_id: ProductId) -> Response[bytes]:
     product_key(product_id)  # a bad id is a 422, not a lookup
     return json_response(await broker_link(request).catalog().view(product_id))
 
@@ -74,6 +90,7 @@ async def get_product(request: AnyRequest, product_id: FromPath[str]) -> Respons
 @put(
     PRODUCT,
     guards=[requires(CATALOG_WRITE)],
+    security=BEARER,
     status_code=200,
     request_max_body_size=MAX_BODY_BYTES,
     operation_class=raw_json_body(ProductBody, "The product; unknown fields are refused"),
@@ -83,16 +100,20 @@ async def get_product(request: AnyRequest, product_id: FromPath[str]) -> Respons
         "add some with POST /products/{product_id}/stock), 200 when it replaced one. `price` "
         "is a decimal with at most 2 fractional digits; `active` false takes it off sale."
     ),
-    responses={
-        200: json_spec(Product, "Replaced"),
-        201: json_spec(Product, "Created"),
-        400: problem_spec("Malformed JSON"),
-        415: problem_spec("Content-Type is not application/json"),
-        422: problem_spec(f"Invalid fields, or {BAD_ID}"),
-        503: BROKER_DOWN,
-    },
+    responses=guarded(
+        {
+            200: json_spec(Product, "Replaced"),
+            201: json_spec(Product, "Created"),
+            400: problem_spec("Malformed JSON"),
+            413: problem_spec("Body over 8 KiB"),
+            415: problem_spec("Content-Type is not application/json"),
+            422: problem_spec(f"Invalid fields, or {BAD_ID}"),
+            503: BROKER_DOWN,
+        },
+        CATALOG_WRITE,
+    ),
 )
-async def put_product(request: AnyRequest, product_id: FromPath[str]) -> Response[bytes]:
+async def put_product(request: AnyRequest, product_id: ProductId) -> Response[bytes]:
     product_key(product_id)
     require_json(request.content_type)
     product = decode_product_body(product_id, await request.body())
@@ -104,6 +125,7 @@ async def put_product(request: AnyRequest, product_id: FromPath[str]) -> Respons
 @post(
     PRODUCT_STOCK,
     guards=[requires(CATALOG_WRITE)],
+    security=BEARER,
     status_code=200,
     request_max_body_size=MAX_BODY_BYTES,
     operation_class=raw_json_body(StockChange, "How much stock arrived (or left)"),
@@ -113,17 +135,21 @@ async def put_product(request: AnyRequest, product_id: FromPath[str]) -> Respons
         "reserving it. Refused (409, nothing changed) if on_hand would drop below what orders "
         "have reserved, or below 0."
     ),
-    responses={
-        200: json_spec(StockView, "The stock after the change"),
-        400: problem_spec("Malformed JSON"),
-        404: problem_spec("No such product"),
-        409: problem_spec("on_hand would drop below reserved or below 0; nothing changed"),
-        415: problem_spec("Content-Type is not application/json"),
-        422: problem_spec(f"delta is not a whole number, or {BAD_ID}"),
-        503: CONTENDED,
-    },
+    responses=guarded(
+        {
+            200: json_spec(StockView, "The stock after the change"),
+            400: problem_spec("Malformed JSON"),
+            404: problem_spec("No such product"),
+            409: problem_spec("on_hand would drop below reserved or below 0; nothing changed"),
+            413: problem_spec("Body over 8 KiB"),
+            415: problem_spec("Content-Type is not application/json"),
+            422: problem_spec(f"delta is not a whole number, or {BAD_ID}"),
+            503: CONTENDED,
+        },
+        CATALOG_WRITE,
+    ),
 )
-async def adjust_stock(request: AnyRequest, product_id: FromPath[str]) -> Response[bytes]:
+async def adjust_stock(request: AnyRequest, product_id: ProductId) -> Response[bytes]:
     product_key(product_id)
     require_json(request.content_type)
     change = decode_stock_change(await request.body())

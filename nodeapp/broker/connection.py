@@ -2,6 +2,11 @@
 
 Publishes are never buffered while disconnected (``pending_size=0``): a request that gets a 503
 must not be replayed by the client after the broker comes back.
+
+The user and password in ``NATS_URL`` (one broker user per role, ADR 0015) go to nats-py as
+options, the servers without them, so no URL it reports carries the password. The user's inbox
+prefix is ``_INBOX_<user>``: the broker lets each user subscribe to its own inboxes only, so one
+role cannot read the replies meant for another.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from nodeapp.core.errors import BrokerUnavailable
+from nodeapp.core.brokerurl import credentials
+from nodeapp.core.errors import BrokerUnavailable, SettingsError
 from nodeapp.core.settings import Settings
 
 log = logging.getLogger("orderflow.broker")
@@ -75,11 +81,18 @@ async def connect(
     async def on_reconnect() -> None:
         log.info("broker reconnected", extra={"event": "broker.reconnected"})
 
+    refusals: list[Exception] = []
+
     async def on_error(exc: Exception) -> None:
-        log.warning("broker error: %s", exc, extra={"event": "broker.error"})
+        if not _refused(exc):
+            log.warning("broker error: %s", exc, extra={"event": "broker.error"})
+            return
+        if not refusals:  # nats-py tries again every half second: say it once
+            log.error("%s", refusal, extra={"event": "broker.refused"})
+        refusals.append(exc)
 
     params: dict[str, Any] = {
-        "servers": settings.nats_servers,
+        **auth_options(settings.nats_url),
         "name": name,
         "pending_size": 0,
         "allow_reconnect": True,
@@ -93,10 +106,56 @@ async def connect(
         "error_cb": on_error,
     }
     params.update(options)
-    with broker_errors(f"connecting to {settings.nats_url}"):
-        nc: NATS = await asyncio.wait_for(nats.connect(**params), within)
+    refusal = _refusal_text(params.get("user"))
+    nc = NATS()
+    try:
+        with broker_errors(f"connecting to {settings.nats_url_shown}"):
+            await asyncio.wait_for(nc.connect(**params), within)
+    except BaseException as exc:
+        await _abandon(nc)  # nats-py leaves a refused socket open otherwise
+        if isinstance(exc, BrokerUnavailable | nats.errors.Error) and (refusals or _refused(exc)):
+            raise SettingsError("NATS_URL", refusal) from None
+        raise
     client.append(nc)
     return nc
+
+
+async def _abandon(nc: NATS) -> None:
+    if not nc.is_closed:
+        with contextlib.suppress(*ANY_NATS_ERROR):
+            await nc.close()
+
+
+def _refused(exc: BaseException) -> bool:
+    """The server said no to our credentials (nats-py reports it as a plain error)."""
+    return isinstance(exc, nats.errors.Error) and "authorization violation" in str(exc).lower()
+
+
+def _refusal_text(user: str | None) -> str:
+    if user is None:
+        return "the broker refused a connection without a user: use nats://user:password@host:port"
+    return f"the broker refused user {user!r}: wrong user or password"
+
+
+def inbox_prefix(user: str) -> str:
+    """Where a user's replies arrive: ``_INBOX_<user>`` (nats.conf lets it read only those)."""
+    return f"_INBOX_{user}"
+
+
+def auth_options(nats_url: str) -> dict[str, Any]:
+    """``nats.connect`` options for ``NATS_URL``: servers, and the user's credentials."""
+    try:
+        creds = credentials(nats_url)
+    except ValueError as exc:
+        raise SettingsError("NATS_URL", str(exc)) from None
+    options: dict[str, Any] = {"servers": creds.servers}
+    if creds.user and creds.password is not None:
+        options.update(
+            user=creds.user, password=creds.password, inbox_prefix=inbox_prefix(creds.user)
+        )
+    elif creds.user:  # nats://<token>@host: a token, as nats-py and the nats CLI read it
+        options["token"] = creds.user
+    return options
 
 
 @contextlib.asynccontextmanager

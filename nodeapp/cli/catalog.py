@@ -16,8 +16,9 @@ from typing import Any
 
 from nodeapp.cli.apiclient import ApiClient
 from nodeapp.cli.render import catalog_text, load_report_text
-from nodeapp.core.errors import FieldError, InvalidProduct, OrderflowError
+from nodeapp.core.errors import FieldError, OrderflowError
 from nodeapp.core.settings import Settings
+from nodeapp.core.shop_errors import InvalidProduct
 from nodeapp.orders.model import encode
 from nodeapp.shop.catalog import CatalogPage, LoadReport
 from nodeapp.shop.products import decode_catalog_file

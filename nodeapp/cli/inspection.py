@@ -174,7 +174,7 @@ async def inspect_broker(nc: NATS, js: JetStreamContext) -> Inspection:
 async def inspect_at(settings: Settings) -> Inspection:
     """Connect (trying each server twice, not forever: a person is waiting), read, close."""
     within = max(5.0, 4 * settings.request_timeout)
-    with broker_errors(f"inspecting the broker at {settings.nats_url}"):
+    with broker_errors(f"inspecting the broker at {settings.nats_url_shown}"):
         async with asyncio.timeout(within):
             # max_reconnect_attempts > 0 is what makes nats-py give up on a first connect.
             nc = await connect(

@@ -162,7 +162,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, argv: list[str]) -> 
         from nodeapp.shop.provisioning import init_resources
 
         _run(init_resources(settings))
-        print(f"JetStream resources ready on {settings.nats_url}")
+        print(f"JetStream resources ready on {settings.nats_url_shown}")
         return 0
     if args.command == "payments":
         from nodeapp.cli.payments import serve_gateway

@@ -13,13 +13,14 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from nodeapp.core.brokerurl import credentials, redacted, server_list
 from nodeapp.core.errors import SettingsError
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a process of orderflow can be told; defaults reproduce the requirements."""
 
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: str = "nats://127.0.0.1:4222"  # may carry user:password (ADR 0015); never shown
     step_seconds: float = 5.0
     failure_rate: float = 0.05
     concurrency: int = 50
@@ -50,6 +51,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     admin_token: str = ""  # empty: no bootstrap admin; set, it must be >= 32 characters
     rate_limit: float = 200.0  # requests per second per token, burst twice that
     token: str = ""
+    # The browser console (``api.browser``): the key of its CSRF tokens (empty: one per process,
+    # so a restart or a second api process refuses the forms of the first); ``Secure`` cookies
+    # (browsers keep them over https and on http://localhost or 127.0.0.1 only).
+    session_secret: str = ""
+    cookie_secure: bool = True
     # The read side (nodeapp.readmodel): the api's local SQLite projection of the orders bucket,
     # one file per api process; a relative path is taken from the process's working directory.
     read_db: str = "orderflow-read.db"
@@ -60,12 +66,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             f: "***" if f in SECRET_FIELDS and getattr(self, f) else getattr(self, f)
             for f in self.__struct_fields__
         }
+        shown["nats_url"] = redacted(self.nats_url)
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @property
     def nats_servers(self) -> list[str]:
         """``NATS_URL`` split into the list nats-py takes (a cluster is comma-separated)."""
-        return [u.strip() for u in self.nats_url.split(",") if u.strip()]
+        return server_list(self.nats_url)
+
+    @property
+    def nats_url_shown(self) -> str:
+        """``NATS_URL`` for log lines, messages and banners: passwords as ``***``."""
+        return redacted(self.nats_url)
 
     def validate(self) -> Settings:
         """Reject values that would make the service misbehave rather than fail."""
@@ -87,9 +99,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             (self.rate_limit > 0, "ORDERFLOW_RATE_LIMIT", "must be > 0"),
             (_token_or_empty(self.admin_token, 32), "ORDERFLOW_ADMIN_TOKEN", ADMIN_TOKEN_RULE),
             (_token_or_empty(self.token, 1), "ORDERFLOW_TOKEN", "must be printable, no spaces"),
+            (
+                not self.session_secret or len(self.session_secret) >= 32,
+                "ORDERFLOW_SESSION_SECRET",
+                "must be empty or >= 32 characters",
+            ),
             (_http_or_empty(self.payment_url), "ORDERFLOW_PAYMENT_URL", HTTP_URL),
             (_http_or_empty(self.notify_webhook), "ORDERFLOW_NOTIFY_WEBHOOK", HTTP_URL),
             (bool(self.nats_servers), "NATS_URL", "must name at least one server"),
+            (_one_user(self.nats_url), "NATS_URL", "every server must name the same user"),
             (_file_path(self.read_db), "ORDERFLOW_READ_DB", "must be a file path (not :memory:)"),
             (
                 self.log_format in ("json", "console"),
@@ -103,7 +121,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self
 
 
-SECRET_FIELDS: Final = frozenset({"payment_secret", "notify_secret", "admin_token", "token"})
+SECRET_FIELDS: Final = frozenset(
+    {"payment_secret", "notify_secret", "admin_token", "token", "session_secret"}
+)
 HTTP_URL: Final = "must be an http(s) URL (or empty)"
 ADMIN_TOKEN_RULE: Final = "must be empty or >= 32 printable characters without spaces"
 
@@ -116,6 +136,15 @@ def _token_or_empty(token: str, min_length: int) -> bool:
 def _http_or_empty(url: str) -> bool:
     parts = urlsplit(url)
     return not url or (parts.scheme in ("http", "https") and bool(parts.netloc))
+
+
+def _one_user(url: str) -> bool:
+    """One process is one broker user: servers naming different ones are a typo."""
+    try:
+        credentials(url)
+    except ValueError:
+        return False
+    return True
 
 
 def _file_path(path: str) -> bool:
@@ -163,6 +192,8 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ORDERFLOW_ADMIN_TOKEN": ("admin_token", str),
     "ORDERFLOW_RATE_LIMIT": ("rate_limit", float),
     "ORDERFLOW_TOKEN": ("token", str),
+    "ORDERFLOW_SESSION_SECRET": ("session_secret", str),
+    "ORDERFLOW_COOKIE_SECURE": ("cookie_secure", _bool),
     "ORDERFLOW_READ_DB": ("read_db", str),
 }
 

@@ -5,7 +5,9 @@ own client, route and monitoring ports and store folder, ``-cluster_name orderfl
 and routes to every member. A member can be stopped (SIGTERM), killed (SIGKILL) and started again
 on the same ports and store, as a crashed server restarts. Health and stream leaders come from
 the members' monitoring endpoints, which need no client connection and so answer while clients
-reconnect. Stopping is synchronous so it also runs after the event loop is gone.
+reconnect. Stopping is synchronous so it also runs after the event loop is gone. Given
+``users``, every member runs with the same authentication as ``orderflow up``'s server
+(``nodeapp.local.broker_users``); routes between members need none (loopback).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import httpx
 from nats.aio.client import Client as NATS
 
 from nodeapp.broker.connection import ANY_NATS_ERROR
+from nodeapp.local.broker_users import BrokerUsers, Role
 from nodeapp.local.natsserver import NatsServer, free_port
 
 CLUSTER_NAME: Final = "orderflow"
@@ -91,8 +94,9 @@ class ClusterMember:
 class NatsCluster:
     """``size`` routed nats-servers named ``nats-1``..``nats-N``; see the module docstring."""
 
-    def __init__(self, folder: Path, size: int = 3) -> None:
+    def __init__(self, folder: Path, size: int = 3, users: BrokerUsers | None = None) -> None:
         self.folder = folder
+        self.users = users
         ports = distinct_ports(3 * size)
         client, route, monitor = ports[:size], ports[size : 2 * size], ports[2 * size :]
         routes = ",".join(f"nats://{HOST}:{p}" for p in route)
@@ -110,6 +114,7 @@ class NatsCluster:
                 extra_args=flags,
                 log_file=folder / f"{name}.log",
                 monitor_port=monitor_port,
+                users=users,
             )
             self.members[name] = ClusterMember(name, server, monitor_port)
 
@@ -121,6 +126,10 @@ class NatsCluster:
     def url(self) -> str:
         """The comma-separated ``NATS_URL`` naming every member."""
         return ",".join(m.url for m in self.members.values())
+
+    def url_for(self, role: Role) -> str:
+        """``url`` as ``role``'s user (unchanged when authentication is off)."""
+        return self.url if self.users is None else self.users.url(role, self.url)
 
     def urls(self, first: str | None = None) -> list[str]:
         """Member URLs, ``first``'s at the head (for a client that must start on that server)."""

@@ -2,7 +2,9 @@
 
 Used by ``orderflow up``, the test fixtures and the benchmarks, so all three meet the same real
 broker. The server is ready when it accepts TCP connections; it is stopped terminate-then-kill
-(``nodeapp.local.supervisor``).
+(``nodeapp.local.supervisor``). Given ``users``, it runs with authentication on (the packaged
+``nats-auth.conf`` unless ``config`` names a file that includes it) and its passwords in its
+environment; ``url_for(role)`` is the URL a process of that role connects with.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from subprocess import Popen
 from types import TracebackType
 
 from nodeapp.core.errors import OrderflowError
+from nodeapp.local.broker_users import AUTH_CONFIG, BrokerUsers, Role, server_environment
 from nodeapp.local.supervisor import Child
 
 
@@ -73,8 +76,9 @@ class NatsServer:
     """One nats-server process with JetStream, on ``host:port`` with its store under ``data_dir``.
 
     ``config`` is an optional nats.conf; flags given here override it (port, store dir, and the
-    monitoring port when ``monitor_port`` is set). Restartable: ``stop()`` then ``start()`` keeps
-    the same port and data, as a real restart would.
+    monitoring port when ``monitor_port`` is set). ``users``: authentication on, with these
+    passwords (see the module docstring). Restartable: ``stop()`` then ``start()`` keeps the
+    same port and data, as a real restart would.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class NatsServer:
         extra_args: list[str] | None = None,
         log_file: Path | None = None,
         monitor_port: int | None = None,
+        users: BrokerUsers | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -94,11 +99,17 @@ class NatsServer:
         self.extra_args = extra_args or []
         self.log_file = log_file or self.data_dir / "nats-server.log"
         self.monitor_port = monitor_port
+        self.users = users
         self.child: Child | None = None
 
     @property
     def url(self) -> str:
+        """The address, without credentials (for banners and logs)."""
         return f"nats://{self.host}:{self.port}"
+
+    def url_for(self, role: Role) -> str:
+        """The URL ``role``'s processes connect with (``url`` when authentication is off)."""
+        return self.url if self.users is None else self.users.url(role, self.url)
 
     @property
     def proc(self) -> Popen[bytes] | None:
@@ -106,8 +117,11 @@ class NatsServer:
 
     def command(self) -> list[str]:
         cmd = [nats_server_binary()]
-        if self.config is not None:
-            cmd += ["-c", str(self.config)]
+        config = self.config
+        if config is None and self.users is not None:
+            config = AUTH_CONFIG
+        if config is not None:
+            cmd += ["-c", str(config)]
         cmd += ["-js", "-a", self.host, "-p", str(self.port)]
         cmd += ["-sd", str(self.data_dir / "jetstream")]
         if self.monitor_port is not None:
@@ -116,7 +130,13 @@ class NatsServer:
 
     def start(self, timeout: float = 15.0) -> NatsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        child = Child("nats-server", self.command(), role="broker", log_path=self.log_file)
+        child = Child(
+            "nats-server",
+            self.command(),
+            role="broker",
+            env=server_environment(self.users),
+            log_path=self.log_file,
+        )
         self.child = child
         if not wait_for_port(self.host, self.port, timeout, lambda: child.alive):
             self.stop()

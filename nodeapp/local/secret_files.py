@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -21,8 +22,13 @@ log = logging.getLogger("orderflow.up")
 SECRET_BYTES: Final = 32  # 256 bits of randomness per secret
 
 
-def kept_secret(folder: Path, name: str) -> str:
-    """The secret kept in ``folder/name``, generated (random, URL-safe text) on first use.
+def new_secret() -> str:
+    """Random, URL-safe text."""
+    return secrets.token_urlsafe(SECRET_BYTES)
+
+
+def kept_secret(folder: Path, name: str, generate: Callable[[], str] = new_secret) -> str:
+    """The secret kept in ``folder/name``, made by ``generate`` on first use.
     ``OSError`` if the folder cannot be written."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / name
@@ -33,18 +39,19 @@ def kept_secret(folder: Path, name: str) -> str:
     if value:
         _owner_only(path)
         return value
-    value = secrets.token_urlsafe(SECRET_BYTES)
-    _write_private(path, value)
+    value = generate()
+    write_private(path, value + "\n")
     log.info("generated %s (kept in %s)", name, path, extra={"event": "up.secret_generated"})
     return value
 
 
-def _write_private(path: Path, value: str) -> None:
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole (staged, then renamed), mode 0600 from the start."""
     staging = path.with_name(path.name + ".new")
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as out:
         os.fchmod(out.fileno(), 0o600)  # a leftover staging file may have had another mode
-        out.write(value + "\n")
+        out.write(text)
         out.flush()
         os.fsync(out.fileno())
     os.replace(staging, path)

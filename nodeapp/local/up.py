@@ -7,8 +7,12 @@ secrets for payments and notifications are generated once when unset and kept un
 folder (``nodeapp.local.secret_files``); an empty catalog gets the demo one
 (``nodeapp.local.demo``). So is the first admin API token (``ORDERFLOW_ADMIN_TOKEN``, unless the
 environment sets one): ``<data>/admin-token``, mode 0600, printed in the banner the one time it
-is created; later starts say where it is. The api's read model is kept there too
-(``<data>/orderflow-read.db``, unless ``ORDERFLOW_READ_DB`` names another file).
+is created; later starts say where it is. The broker runs with authentication (ADR 0015): the
+passwords of its users api, node and admin are kept under the data folder too, the api and the
+nodes connect as their own user, ``up`` itself as admin, and the banner says how to use the
+``nats`` CLI and ``orderflow`` commands as admin without printing the password. The api's read
+model is kept there too (``<data>/orderflow-read.db``, unless ``ORDERFLOW_READ_DB`` names
+another file).
 
 A crashed api or node is restarted (``nodeapp.local.keeper``); only Ctrl-C or SIGTERM stops
 everything, in order: the api (no new orders), the nodes (they drain), then the broker. The
@@ -34,6 +38,7 @@ import msgspec
 
 from nodeapp.core.errors import OrderflowError
 from nodeapp.core.settings import Settings
+from nodeapp.local.broker_users import admin_lines, local_users
 from nodeapp.local.demo import CatalogState, catalog_line, prepare_catalog, try_line
 from nodeapp.local.keeper import Keeper
 from nodeapp.local.natsserver import NatsServer, free_port, port_free
@@ -42,10 +47,12 @@ from nodeapp.local.supervisor import Child, Supervisor, child_env, python_module
 from nodeapp.security.bootstrap import ADMIN_TOKEN_FILE, keep_admin_token
 from nodeapp.shop.payment_messages import SIM_PREFIX
 
+CONSOLE_PATH: Final = "/console/"  # the browser console the api serves (``api.paths``)
 MONITOR_PORT: Final = 8222  # nats-server's usual monitoring port, kept when it is free
 API_START_TIMEOUT: Final = 20.0
 SECRETS_DIR: Final = "secrets"  # under the data folder: one file per secret, mode 0600
-KEPT_SECRETS: Final = ("payment_secret", "notify_secret")  # settings fields up fills in
+# Settings fields up fills in (the session secret keeps console forms valid across restarts).
+KEPT_SECRETS: Final = ("payment_secret", "notify_secret", "session_secret")
 DEFAULT_READ_DB: Final = Settings().read_db
 READ_DB_FILE: Final = "orderflow-read.db"  # the api's read model, under the data folder
 WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})
@@ -185,9 +192,10 @@ def run_up(
         raise OrderflowError(f"{where} is in use: stop that process or pass --api-port")
     data_dir = data_dir.absolute()
     settings, admin = admin_token(local_settings(settings, data_dir), data_dir)
+    users = local_users(data_dir / SECRETS_DIR, f"nats://{host}:{nats_port}")
     with config_file(config) as conf:
         monitor = monitor_address(conf, host)
-        server = NatsServer(data_dir, nats_port, host, conf, monitor_port=monitor.port)
+        server = NatsServer(data_dir, nats_port, host, conf, monitor_port=monitor.port, users=users)
         supervisor = Supervisor()  # children write to our terminal, as one program would
         try:
             server.start()
@@ -235,12 +243,13 @@ async def _up(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, main.cancel)
-    settings = msgspec.structs.replace(settings, nats_url=server.url)
+    settings = msgspec.structs.replace(settings, nats_url=server.url_for("admin"))
     catalog = await prepare_catalog(settings, demo)  # every resource is created here too
-    env = child_env(settings)
-    api = supervisor.spawn("api", python_module("api"), env=env)
+    api_env = child_env(settings, NATS_URL=server.url_for("api"))
+    node_env = child_env(settings, NATS_URL=server.url_for("node"))
+    api = supervisor.spawn("api", python_module("api"), env=api_env)
     for n in range(1, nodes + 1):
-        supervisor.spawn(f"node-{n}", python_module("nodeapp", "node"), role="node", env=env)
+        supervisor.spawn(f"node-{n}", python_module("nodeapp", "node"), role="node", env=node_env)
     if not await _wait_http(settings.api_host, settings.api_port, api, API_START_TIMEOUT):
         raise OrderflowError("the api did not start; see its log above")
     _banner(settings, server, shown, nodes, catalog)
@@ -279,7 +288,9 @@ def _banner(
     print(
         f"orderflow is up\n"
         f"  api      {s.api_url}  (OpenAPI: {s.api_url}/schema)\n"
-        f"  broker   {server.url}  (data in {server.data_dir})\n"
+        f"  console  {s.api_url}{CONSOLE_PATH}  (log in with the admin token)\n"
+        f"  broker   {server.url}  (data in {server.data_dir}; users api, node, admin)\n"
+        f"{admin_lines(kept, server.url)}\n"
         f"  monitor  {monitor.url}  (/healthz /varz /jsz{moved})\n"
         f"  nodes    {nodes} x {s.concurrency} orders in flight, steps of {s.step_seconds:g}s\n"
         f"  catalog  {catalog_line(catalog)}\n"

@@ -2,30 +2,25 @@
 ``admin``); the read-only ops endpoints stay open (probes and Prometheus carry no token, and the
 listener binds loopback by default).
 
-The token is verified as the api verifies it (``nodeapp.security.verify``): against
-``ORDERFLOW_ADMIN_TOKEN``, else its record in the ``tokens`` bucket, read on each request. A stop
-is rare, so a broker round trip is cheap and a revocation counts at once; no cache to keep. The
-node only reads the bucket: a missing one means no token but the admin's is valid.
+The token is compared with ``ORDERFLOW_ADMIN_TOKEN`` here; any other token is judged by the api
+(``nodeapp.security.remote``): the broker does not let a node read the ``tokens`` bucket (ADR
+0015). A stop is rare, so a round trip is cheap and a revocation counts at once. With no api
+answering, only the admin token can stop a node (503 for any other).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Final
 
-import nats.js.errors
-from nats.js import JetStreamContext
+from nats.aio.client import Client as NATS
 
-from nodeapp.broker.connection import broker_errors
 from nodeapp.core.errors import BrokerUnavailable, Unauthenticated
 from nodeapp.core.settings import Settings
 from nodeapp.ops.http import Request, Response, error_response
-from nodeapp.security.bucket import TOKENS_BUCKET
-from nodeapp.security.scopes import OPS
-from nodeapp.security.store import TokenStore, utcnow
-from nodeapp.security.tokens import StoredToken
-from nodeapp.security.verify import admin_token, bearer_token, verify
+from nodeapp.security.remote import check_token
+from nodeapp.security.scopes import ADMIN_PRINCIPAL, OPS, Principal
+from nodeapp.security.verify import admin_token, bearer_token
 
 log = logging.getLogger("orderflow.ops")
 
@@ -36,20 +31,20 @@ class OpsGuard:
     """``await guard.refusal(request, "stop")``: None when the request may go on, else the
     401, 403 or 503 to answer (JSON, never echoing the token)."""
 
-    def __init__(self, settings: Settings, jetstream: Callable[[], JetStreamContext]) -> None:
+    def __init__(self, settings: Settings, nc: NATS) -> None:
         self._admin = admin_token(settings.admin_token)
-        self._jetstream = jetstream
+        self._nc = nc
+        self._within = settings.request_timeout
 
     async def refusal(self, request: Request, what: str) -> Response | None:
         try:
-            presented = bearer_token(request.header("authorization"))
-            principal = await verify(presented, self._lookup, self._admin, utcnow())
+            principal = await self._principal(bearer_token(request.header("authorization")))
         except Unauthenticated as exc:
             self._refused(what, exc.reason, exc.token_id)
             return error_response(401, f"{what} needs a token with ops: {exc}", BEARER)
         except BrokerUnavailable as exc:
             log.warning("cannot check a token for %s: %s", what, exc, extra={"event": "ops.auth"})
-            return error_response(503, "cannot check the token now: the broker is unavailable")
+            return error_response(503, f"cannot check the token now: {exc}")
         if not principal.allows(OPS):
             self._refused(what, "lacks ops", principal.token_id)
             return error_response(403, f"this token lacks the scope {OPS}")
@@ -59,13 +54,12 @@ class OpsGuard:
         )  # fmt: skip
         return None
 
-    async def _lookup(self, token_id: str) -> StoredToken | None:
-        try:
-            with broker_errors("opening the tokens bucket"):
-                kv = await self._jetstream().key_value(TOKENS_BUCKET)
-        except nats.js.errors.BucketNotFoundError:
-            return None  # no token was ever created: only the admin token is valid
-        return await TokenStore(kv).get(token_id)
+    async def _principal(self, presented: str | None) -> Principal:
+        if not presented:
+            raise Unauthenticated("missing")
+        if self._admin is not None and self._admin.matches(presented):
+            return ADMIN_PRINCIPAL
+        return await check_token(self._nc, presented, self._within)
 
     @staticmethod
     def _refused(what: str, reason: str, token_id: str | None) -> None:

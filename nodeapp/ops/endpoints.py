@@ -119,7 +119,7 @@ class OpsServer:
         self.nc = nc
         self.metrics = metrics
         self.lag = LoopLag()
-        self.guard = OpsGuard(settings, lambda: node.js)
+        self.guard = OpsGuard(settings, nc)
         self.routes: Routes = {
             "/stat": {"GET": self.stat},
             "/stop": {"POST": self.stop},

@@ -60,9 +60,11 @@ def _body_hash(request: OrderRequest) -> str:
     return hashlib.sha256(encode(request)).hexdigest()
 
 
-def idempotency_kv_key(key: str) -> str:
-    """KV keys allow few characters; the client's key (any visible ASCII) is hashed."""
-    return "k" + hashlib.sha256(key.encode()).hexdigest()
+def idempotency_kv_key(customer_id: str, key: str) -> str:
+    """The bucket key for a client's Idempotency-Key, scoped to the order's customer: two
+    customers choosing the same key never meet (neither replays, blocks nor learns of the
+    other's order). KV keys allow few characters, and the key is any visible ASCII: hashed."""
+    return "k" + hashlib.sha256(f"{customer_id}\n{key}".encode()).hexdigest()
 
 
 class SubmitResult(msgspec.Struct, frozen=True):
@@ -112,7 +114,7 @@ class Intake:
         if idempotency_key is None:
             order = await self._create(new_order_id(), request, None, priced)
             return SubmitResult(order=order, created=True)
-        kv_key = idempotency_kv_key(idempotency_key)
+        kv_key = idempotency_kv_key(request.customer_id, idempotency_key)
         record = IdempotencyRecord(order_id=new_order_id(), body_hash=_body_hash(request))
         with broker_errors("claiming Idempotency-Key"):
             try:

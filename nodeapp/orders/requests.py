@@ -28,16 +28,41 @@ NAME_PATTERN: Final = r"^[A-Za-z0-9._:\-]+$"
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
 DEFAULT_PAYMENT_TOKEN: Final = "tok_ok"
-# Lengths are bounded by the decoder; the shapes are rules below, with messages a person reads.
-Email = Annotated[str, msgspec.Meta(min_length=3, max_length=254)]
-Phone = Annotated[str, msgspec.Meta(min_length=4, max_length=32)]
 # The WHATWG form of an e-mail address (what browsers accept), ASCII only.
-_EMAIL: Final = re.compile(
+EMAIL_PATTERN: Final = (
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
 )
 # An optional +, then 4-20 digits, single spaces allowed between them: "+49 30 1234567".
-_PHONE: Final = re.compile(r"\+?[0-9](?: ?[0-9]){3,19}")
+PHONE_PATTERN: Final = r"\+?[0-9](?: ?[0-9]){3,19}"
+_EMAIL: Final = re.compile(EMAIL_PATTERN)
+_PHONE: Final = re.compile(PHONE_PATTERN)
+# 0-1000000000 with at most 2 fractional digits, as a decimal string (``amount_problem``'s rule).
+MONEY_PATTERN: Final = r"^(?:[0-9]{1,9}(?:\.[0-9]{1,2})?|1000000000(?:\.00?)?)$"
+# Lengths are bounded by the decoder; the shapes are rules below, with messages a person reads.
+# ``extra_json_schema`` only documents a rule (the OpenAPI document and schemathesis read it);
+# the checks below enforce it.
+Email = Annotated[
+    str,
+    msgspec.Meta(min_length=3, max_length=254, extra_json_schema={"pattern": f"^{EMAIL_PATTERN}$"}),
+]
+Phone = Annotated[
+    str,
+    msgspec.Meta(min_length=4, max_length=32, extra_json_schema={"pattern": f"^{PHONE_PATTERN}$"}),
+]
+Money = Annotated[
+    Decimal,
+    msgspec.Meta(
+        description="A JSON number or a decimal string, 0-1000000000, at most 2 fractional digits",
+        extra_json_schema={
+            "pattern": MONEY_PATTERN,  # the string form
+            "minimum": 0,  # the number form
+            "maximum": int(MAX_AMOUNT),
+            "multipleOf": 0.01,
+        },
+    ),
+]
+StepName = Annotated[str, msgspec.Meta(extra_json_schema={"enum": list(STEP_NAMES)})]
 
 
 class ItemRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -61,9 +86,9 @@ class OrderRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     customer_id: Name
     items: Annotated[list[ItemRequest], msgspec.Meta(min_length=1, max_length=100)]
-    amount: Decimal | None = None
-    fail_at: str | None = None
-    poison_at: str | None = None
+    amount: Money | None = None
+    fail_at: StepName | None = None
+    poison_at: StepName | None = None
     payment_token: Name = DEFAULT_PAYMENT_TOKEN
     contact: ContactRequest | None = None
 
@@ -75,7 +100,8 @@ _FIELD_ERRORS: Final = (
     (re.compile(r"^Object missing required field `(?P<name>.*)`$", re.DOTALL), "is required"),
     (re.compile(r"^Object contains unknown field `(?P<name>.*)`$", re.DOTALL), "is not allowed"),
 )
-_VISIBLE_ASCII: Final = re.compile(r"[\x21-\x7e]{1,255}")
+IDEMPOTENCY_KEY_PATTERN: Final = r"^[\x21-\x7e]{1,255}$"
+_VISIBLE_ASCII: Final = re.compile(IDEMPOTENCY_KEY_PATTERN)
 IDEMPOTENCY_KEY: Final = "Idempotency-Key"
 
 

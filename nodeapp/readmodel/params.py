@@ -26,8 +26,15 @@ from nodeapp.readmodel.schema import db_time
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 500
 STATUSES: Final = frozenset(get_args(OrderStatus))
-TIME_RULE: Final = "must be an ISO-8601 UTC time ending in Z, e.g. 2025-01-31T12:00:00Z"
+# A UTC time as RFC 3339 writes it, to the second or the microsecond, Z; it must also be a day
+# of the calendar (2025-02-30 has the shape). The OpenAPI document states the same.
+UTC_TIME_PATTERN: Final = (
+    r"^[1-9][0-9]{3}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?Z$"
+)
+TIME_RULE: Final = "must be a UTC time YYYY-MM-DDTHH:MM:SS[.ffffff]Z, e.g. 2025-01-31T12:00:00Z"
 _NAME: Final = re.compile(NAME_PATTERN)
+_UTC_TIME: Final = re.compile(UTC_TIME_PATTERN)
 _STORED_TIME: Final = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 _CURSOR_SEPARATOR: Final = " "
 
@@ -96,14 +103,16 @@ def list_query(
 
 
 def _time(raw: str | datetime | None) -> str | None:
-    """The stored form of a UTC time, or None if ``raw`` is absent or not one."""
+    """The stored form of a UTC time, or None if ``raw`` is absent or not one. Text must have
+    ``UTC_TIME_PATTERN``'s shape, not just any ISO 8601 ``fromisoformat`` reads (week dates,
+    no seconds): one documented form."""
     if isinstance(raw, datetime):
         return db_time(raw) if raw.tzinfo is not None else None
-    if raw is None or not raw.endswith("Z") or "T" not in raw:
+    if raw is None or not _UTC_TIME.fullmatch(raw):
         return None
     try:
         parsed = datetime.fromisoformat(raw)
-    except ValueError:
+    except ValueError:  # not a day of the calendar
         return None
     return db_time(parsed)
 

@@ -10,6 +10,7 @@ how long it took to fail, not how long an order takes.
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -23,6 +24,9 @@ from nodeapp.readmodel.schema import db_time
 DEFAULT_WINDOW: Final = 60.0
 MAX_WINDOW: Final = 7 * 24 * 3600.0
 PERCENTILES: Final = (50, 95, 99)
+# A number as JSON writes it (60, 0.5, 1e3), what the OpenAPI document's ``type: number``
+# means; not everything ``float`` reads (" 60", "1_000", "+5", ".5", "inf").
+_NUMBER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
 class Latency(msgspec.Struct, frozen=True):
@@ -46,10 +50,7 @@ def stats_window(raw: str | float | None) -> float:
     """The ``window`` parameter in seconds; ``InvalidOrder`` naming it when it is not one."""
     if raw is None:
         return DEFAULT_WINDOW
-    try:
-        window = float(raw)
-    except ValueError:
-        window = math.nan
+    window = math.nan if isinstance(raw, str) and not _NUMBER.fullmatch(raw) else float(raw)
     if not 0 < window <= MAX_WINDOW:  # also refuses nan
         raise InvalidOrder([FieldError("window", f"must be seconds in (0, {MAX_WINDOW:g}]")])
     return window

@@ -37,7 +37,7 @@ from nodeapp.security.bucket import TokensBucket
 from nodeapp.security.scopes import Principal
 from nodeapp.security.store import utcnow
 from nodeapp.security.tokens import StoredToken, decode_token, is_token_id
-from nodeapp.security.verify import admin_token, verify
+from nodeapp.security.verify import admin_token, standing, verify
 
 log = logging.getLogger("orderflow.security")
 
@@ -84,6 +84,11 @@ class TokenCache:
     async def verify(self, presented: str | None) -> Principal:
         """The principal of a bearer token; ``Unauthenticated`` saying why not."""
         return await verify(presented, self._lookup, self._admin, utcnow())
+
+    async def standing(self, token_id: str | None) -> Principal:
+        """The principal of a token verified earlier, by its id, as the cache has it now: a
+        console session checks it on every request, so a revocation ends the session."""
+        return await standing(token_id, self._lookup, self._admin, utcnow())
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: object) -> AsyncIterator[None]:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from nodeapp.core.errors import Unauthenticated
-from nodeapp.security.scopes import ADMIN_PRINCIPAL, Principal
+from nodeapp.security.scopes import ADMIN_PRINCIPAL, ADMIN_TOKEN_ID, Principal
 from nodeapp.security.tokens import StoredToken, hash_secret, parse_token
 
 # Finds the stored token for an id; None when there is none.
@@ -52,6 +52,14 @@ def check_stored(
     """The principal of a stored token the secret matches, if neither revoked nor expired."""
     if stored is None or not hmac.compare_digest(hash_secret(secret), stored.secret_hash):
         raise Unauthenticated("unknown", token_id)
+    return in_force(stored, token_id, now)
+
+
+def in_force(stored: StoredToken | None, token_id: str, now: datetime) -> Principal:
+    """The principal of a token already verified once (a console session keeps its id, not its
+    text), if it is still stored and neither revoked nor expired."""
+    if stored is None:
+        raise Unauthenticated("unknown", token_id)
     if stored.revoked_at is not None:
         raise Unauthenticated("revoked", token_id)
     if stored.expired(now):
@@ -73,6 +81,21 @@ async def verify(
         return ADMIN_PRINCIPAL
     token_id, secret = parse_token(presented)
     return check_stored(await lookup(token_id), token_id, secret, now)
+
+
+async def standing(
+    token_id: str | None, lookup: Lookup, admin: AdminToken | None, now: datetime
+) -> Principal:
+    """Who the token with ``token_id`` acts as now; ``Unauthenticated`` ``missing`` (no id),
+    ``unknown``, ``revoked`` or ``expired``. Only for an id a verified token gave: the id
+    alone is public, so it must never stand for the token a caller presents."""
+    if not token_id:
+        raise Unauthenticated("missing")
+    if token_id == ADMIN_TOKEN_ID:
+        if admin is None:  # the bootstrap admin was turned off
+            raise Unauthenticated("unknown", token_id)
+        return ADMIN_PRINCIPAL
+    return in_force(await lookup(token_id), token_id, now)
 
 
 def bearer_token(header: str | None) -> str | None:

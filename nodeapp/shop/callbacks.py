@@ -21,7 +21,7 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from nodeapp.broker.connection import broker_errors
-from nodeapp.core.errors import PaymentConflict
+from nodeapp.core.shop_errors import PaymentConflict
 from nodeapp.core.signing import BadSignature, verify
 from nodeapp.shop.payment_messages import PaymentCallback, decode_callback, encode
 from nodeapp.shop.payment_resources import BucketSource

@@ -20,7 +20,8 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from nodeapp.broker.connection import broker_errors
-from nodeapp.core.errors import FieldError, InvalidProduct, ProductNotFound
+from nodeapp.core.errors import FieldError
+from nodeapp.core.shop_errors import InvalidProduct, ProductNotFound
 from nodeapp.shop.keys import is_product_id, product_id_of, product_key
 from nodeapp.shop.products import (
     CatalogItem,

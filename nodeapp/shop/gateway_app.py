@@ -31,15 +31,15 @@ from litestar.types import ExceptionHandlersMap
 from nats.js.kv import KeyValue
 
 from nodeapp.broker.connection import connection, jetstream
-from nodeapp.core.errors import (
-    BrokerUnavailable,
+from nodeapp.core.errors import BrokerUnavailable
+from nodeapp.core.settings import Settings
+from nodeapp.core.shop_errors import (
     GatewayUnavailable,
     InvalidPaymentMessage,
     PaymentConflict,
     PaymentFenced,
     PaymentNotFound,
 )
-from nodeapp.core.settings import Settings
 from nodeapp.orders.model import is_order_id
 from nodeapp.shop.gateway import Gateway
 from nodeapp.shop.gateway_ledger import LedgerEntry

@@ -25,7 +25,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from nodeapp.core.errors import PaymentConflict, PaymentFenced
+from nodeapp.core.shop_errors import PaymentConflict, PaymentFenced
 from nodeapp.shop.payment_messages import CallbackStatus, PaymentCallback
 
 GatewayStatus = Literal["pending", "authorized", "declined", "captured", "voided", "refunded"]

@@ -33,7 +33,8 @@ next change expects to find it.
 
 from __future__ import annotations
 
-from nodeapp.core.errors import Fenced, HoldConflict, OutOfStock, StockConflict
+from nodeapp.core.errors import Fenced
+from nodeapp.core.shop_errors import HoldConflict, OutOfStock, StockConflict
 from nodeapp.shop.products import Hold, StockLevel
 
 

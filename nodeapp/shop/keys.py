@@ -12,7 +12,8 @@ import re
 import string
 from typing import Final
 
-from nodeapp.core.errors import FieldError, InvalidProduct
+from nodeapp.core.errors import FieldError
+from nodeapp.core.shop_errors import InvalidProduct
 from nodeapp.orders.requests import NAME_PATTERN
 
 PRODUCT_ID_PATTERN: Final = NAME_PATTERN

@@ -14,7 +14,8 @@ from typing import Annotated, Final, Literal, TypeVar
 
 import msgspec
 
-from nodeapp.core.errors import FieldError, InvalidPaymentMessage
+from nodeapp.core.errors import FieldError
+from nodeapp.core.shop_errors import InvalidPaymentMessage
 from nodeapp.orders.model import is_order_id
 from nodeapp.orders.requests import Name, amount_problem, field_error
 

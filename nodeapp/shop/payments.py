@@ -22,7 +22,6 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Final
 
-import httpx
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -30,15 +29,16 @@ from nats.js.api import DeliverPolicy
 from nats.js.kv import KV_MARKER_REASON, KV_OP, KeyValue
 
 from nodeapp.broker.connection import ANY_NATS_ERROR, broker_errors
-from nodeapp.core.errors import (
-    FieldError,
+from nodeapp.core.errors import FieldError
+from nodeapp.core.http import HttpAnswer, HttpClient, HttpFailed
+from nodeapp.core.settings import Settings
+from nodeapp.core.shop_errors import (
     GatewayUnavailable,
     InvalidPaymentMessage,
     PaymentConflict,
     PaymentFenced,
     PaymentNotFound,
 )
-from nodeapp.core.settings import Settings
 from nodeapp.shop.callbacks import read
 from nodeapp.shop.gateway_ledger import LedgerEntry, decode_entry
 from nodeapp.shop.payment_messages import (
@@ -89,20 +89,19 @@ class PaymentClient:
     Answers the ledger entry; raises ``GatewayUnavailable`` (transport error, timeout, 5xx:
     retry later), ``PaymentFenced`` (a newer owner acted), ``PaymentConflict`` (an impossible
     transition), ``PaymentNotFound``, ``InvalidPaymentMessage``. Errors name the path, never the
-    URL (it may carry credentials).
+    URL (it may carry credentials). The calls go over ``nodeapp.core.http``'s keep-alive pool:
+    every one is idempotent at the gateway, so the pool may send one again on a fresh
+    connection when the server closed an idle one under it.
     """
 
-    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(self, settings: Settings) -> None:
         self.base_url = gateway_url(settings)
         self.callback_url = callback_url(settings)
         self._timeout = settings.request_timeout
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._client: HttpClient | None = None
 
     async def __aenter__(self) -> PaymentClient:
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url + "/", timeout=self._timeout, transport=self._transport
-        )
+        self._client = HttpClient(self._timeout)
         return self
 
     async def __aexit__(
@@ -132,25 +131,24 @@ class PaymentClient:
         return await self._epoch_call("refund", payment_id, epoch)
 
     async def get(self, payment_id: str) -> LedgerEntry:
-        return await self._call("GET", f"/{payment_id}", payment_id, None, None)
+        return await self._call("GET", f"/{payment_id}", payment_id, None, b"")
 
     async def _epoch_call(self, action: str, payment_id: str, epoch: int) -> LedgerEntry:
         body = encode(EpochRequest(epoch=epoch))
         return await self._call("POST", f"/{payment_id}/{action}", payment_id, epoch, body)
 
     async def _call(
-        self, method: str, path: str, payment_id: str, epoch: int | None, body: bytes | None
+        self, method: str, path: str, payment_id: str, epoch: int | None, body: bytes
     ) -> LedgerEntry:
         if self._client is None:
             raise RuntimeError("PaymentClient used outside its `async with`")
-        relative = path.lstrip("/")  # below the base URL's own path
         try:
-            answer = await self._client.request(method, relative, content=body, headers=_JSON)
-        except httpx.TransportError as exc:
-            raise GatewayUnavailable(f"{method} {path}: {type(exc).__name__}") from None
+            answer = await self._client.request(method, self.base_url + path, body, _JSON)
+        except HttpFailed as exc:
+            raise GatewayUnavailable(f"{method} {path}: {exc}") from None
         if answer.is_success:
             try:
-                return decode_entry(answer.content)
+                return decode_entry(answer.body)
             except msgspec.DecodeError as exc:
                 raise GatewayUnavailable(f"{method} {path}: unreadable answer ({exc})") from None
         raise _error(answer, f"{method} {path}", payment_id, epoch)
@@ -173,13 +171,13 @@ async def _first(
     return bool(done)
 
 
-def _error(answer: httpx.Response, what: str, payment_id: str, epoch: int | None) -> Exception:
+def _error(answer: HttpAnswer, what: str, payment_id: str, epoch: int | None) -> Exception:
     """Our error for a gateway's non-2xx answer."""
     try:
-        problem = msgspec.json.decode(answer.content, type=_Problem)
+        problem = msgspec.json.decode(answer.body, type=_Problem)
     except msgspec.DecodeError:
         problem = _Problem()
-    status = answer.status_code
+    status = answer.status
     if status == 409 and problem.type == FENCED_PROBLEM and epoch is not None:
         return PaymentFenced(payment_id, epoch, problem.current or epoch + 1)
     if status == 409:

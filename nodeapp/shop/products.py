@@ -9,16 +9,21 @@ deploys). Input is strict: unknown fields are refused, every rule names its fiel
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Final, Literal, Protocol, TypeVar
+from typing import Annotated, Final, Literal, Protocol, TypeVar
 
 import msgspec
 
-from nodeapp.core.errors import FieldError, InvalidProduct
-from nodeapp.orders.requests import amount_problem, field_error
+from nodeapp.core.errors import FieldError
+from nodeapp.core.shop_errors import InvalidProduct
+from nodeapp.orders.requests import Money, amount_problem, field_error
 from nodeapp.shop.keys import MAX_PRODUCT_ID, is_product_id
 
 CENT: Final = Decimal("0.01")
 MAX_NAME: Final = 200
+# Checked by ``product_problems`` (its message names the rule); the schema only documents it.
+ProductName = Annotated[
+    str, msgspec.Meta(extra_json_schema={"minLength": 1, "maxLength": MAX_NAME})
+]
 
 HoldState = Literal["reserved", "sold", "released"]  # released: a tombstone (nodeapp.shop.holds)
 T = TypeVar("T")
@@ -90,8 +95,8 @@ class ProductView(msgspec.Struct, frozen=True):
 class ProductBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``PUT /products/{id}``'s body; the id comes from the path."""
 
-    name: str
-    price: Decimal
+    name: ProductName
+    price: Money
     active: bool = True
 
 

@@ -5,18 +5,20 @@ stored by compare-and-set through ``StockWriter`` (``nodeapp.shop.stock_writes``
 combines the concurrent changes of this process to one product into one write and re-applies
 them after a write lost to another process. No interleaving of writers can oversell.
 
-Order-level calls take the order's items, group them per product, and work product by product
-in id order, so two orders racing on the same products take them in the same order.
+Order-level calls take the order's items and group them per product. Reservations go product
+by product in id order, so two orders racing on the same products take them in the same order;
+the calls on holds the order already has (commit, release, restock, forget) touch all its
+products at once, as their order does not matter: one round trip, not one per product.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from nats.js.kv import KeyValue
 
-from nodeapp.core.errors import HoldConflict
 from nodeapp.shop import holds
 from nodeapp.shop.keys import product_key
 from nodeapp.shop.products import Line, StockLevel, StockView
@@ -98,35 +100,36 @@ class Stock:
     async def release_items(self, order_id: str, epoch: int, items: Iterable[Line]) -> None:
         """Scheduling's compensation: release the order's reservations, leaving a tombstone on
         every product of the order (``nodeapp.shop.holds``), held or not."""
-        for product_id, _ in per_product(items):
-            await self.release(product_id, order_id, epoch)
+        await _each(items, lambda product_id: self.release(product_id, order_id, epoch))
 
     async def commit_items(self, order_id: str, epoch: int, items: Iterable[Line]) -> None:
         """Post-Processing: turn every reservation of the order into a sale."""
-        for product_id, _ in per_product(items):
-            await self.commit(product_id, order_id, epoch)
+        await _each(items, lambda product_id: self.commit(product_id, order_id, epoch))
 
     async def restock_items(self, order_id: str, epoch: int, items: Iterable[Line]) -> None:
         """Post-Processing's compensation: put sold stock back, release what was not sold;
         tombstones stay as with ``release_items``."""
-        for product_id, _ in per_product(items):
-            await self.restock(product_id, order_id, epoch)
+        await _each(items, lambda product_id: self.restock(product_id, order_id, epoch))
 
     async def forget_items(self, order_id: str, epoch: int, items: Iterable[Line]) -> None:
         """After the order is stored terminal (completed or failed): drop its sold holds and
         tombstones (best-effort: a hold left behind changes no counter). ``HoldConflict`` for
-        a hold still reserved, which nobody would ever give back."""
-        refused: HoldConflict | None = None
-        for product_id, _ in per_product(items):
-            try:
-                await self.forget(product_id, order_id, epoch)
-            except HoldConflict as exc:  # the other products' holds are still dropped
-                refused = refused or exc
-        if refused is not None:
-            raise refused
+        a hold still reserved, which nobody would ever give back; the other products' holds
+        are dropped all the same."""
+        await _each(items, lambda product_id: self.forget(product_id, order_id, epoch))
 
     async def _change(
         self, product_id: str, operation: str, change: Callable[[StockLevel], bool]
     ) -> StockView:
         product_key(product_id)  # a bad id is refused here, before it is queued
         return await self.writer.change(product_id, operation, change)
+
+
+async def _each(items: Iterable[Line], call: Callable[[str], Awaitable[StockView]]) -> None:
+    """``call`` for every product of ``items`` at once; when all are done, the error of the
+    first product (in id order) that failed, if any."""
+    products = [product_id for product_id, _ in per_product(items)]
+    outcomes = await asyncio.gather(*(call(p) for p in products), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome

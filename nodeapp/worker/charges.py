@@ -18,7 +18,7 @@ import logging
 from decimal import Decimal
 from typing import Final
 
-from nodeapp.core.errors import PaymentNotFound
+from nodeapp.core.shop_errors import PaymentNotFound
 from nodeapp.orders.model import Order, Payment, PaymentStatus, utcnow
 from nodeapp.orders.requests import DEFAULT_PAYMENT_TOKEN
 from nodeapp.shop.gateway_ledger import LedgerEntry

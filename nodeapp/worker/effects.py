@@ -5,7 +5,7 @@ an order's terminal write.
   Scheduling       reserve every item (all or nothing)         release (tombstones stay)
   Pre-Processing   authorize the amount, wait for the verdict  void the authorization
   Processing       fulfilment: the simulated work only         cancel fulfilment: nothing to undo
-  Post-Processing  capture, reservation -> sale                refund, put the stock back
+  Post-Processing  capture, reservation -> sale (at once)      refund, put the stock back
 
 Every effect is keyed by the order (its stock holds, its payment id) and fenced by the owner's
 epoch where it lands, so a re-run after a crash or a takeover does nothing twice and a stale
@@ -23,7 +23,8 @@ from typing import Final
 
 from nats.js import JetStreamContext
 
-from nodeapp.core.errors import HoldConflict, OrderflowError, OutOfStock
+from nodeapp.core.errors import OrderflowError
+from nodeapp.core.shop_errors import HoldConflict, OutOfStock
 from nodeapp.orders.model import STEP_NAMES, Order
 from nodeapp.shop.notifications import Kind, cancel_delayed, publish
 from nodeapp.shop.stock import Stock
@@ -69,9 +70,11 @@ class ShopEffects:
                 return exc.reason
         elif step == PRE_PROCESSING:
             return await self.charges.authorize(order, epoch, interrupt)
-        elif step == POST_PROCESSING:
-            await self.charges.capture(order, epoch)
-            await self.stock.commit_items(order.order_id, epoch, order.items)
+        elif step == POST_PROCESSING:  # two independent effects: one round trip, not two
+            await _together(
+                self.charges.capture(order, epoch),
+                self.stock.commit_items(order.order_id, epoch, order.items),
+            )
         return None
 
     async def undo(self, step: str, order: Order, epoch: int, *, interrupted: bool = False) -> None:
@@ -88,19 +91,21 @@ class ShopEffects:
 
     async def settle(self, order: Order) -> None:
         """Once the terminal document is stored: queue the customer's notification, drop the
-        ``order.delayed`` schedule, forget the order's stock holds. Each is idempotent and
-        best-effort: a failure is logged with the order id and the next one still runs (a
-        redelivered work message for the finished order settles it again)."""
+        ``order.delayed`` schedule, forget the order's stock holds, all three at once. Each is
+        idempotent and best-effort: a failure is logged with the order id and the others still
+        run (a redelivered work message for the finished order settles it again)."""
         kind = NOTIFIED[order.status]
         epoch = order.owner.epoch if order.owner is not None else 0
         order_id = order.order_id
-        await self._best_effort(order, f"queueing {kind}", lambda: publish(self.js, order, kind))
-        await self._best_effort(
-            order, "cancelling order.delayed", lambda: cancel_delayed(self.js, order_id)
-        )
-        await self._best_effort(
-            order, "forgetting stock holds",
-            lambda: self.stock.forget_items(order_id, epoch, order.items),
+        await _together(  # the order's slot is held until all three are done
+            self._best_effort(order, f"queueing {kind}", lambda: publish(self.js, order, kind)),
+            self._best_effort(
+                order, "cancelling order.delayed", lambda: cancel_delayed(self.js, order_id)
+            ),
+            self._best_effort(
+                order, "forgetting stock holds",
+                lambda: self.stock.forget_items(order_id, epoch, order.items),
+            ),
         )  # fmt: skip
 
     async def _best_effort(
@@ -112,6 +117,14 @@ class ShopEffects:
             _log(logging.ERROR, f"{what} refused: {exc}", "order.settle_conflict", order)
         except OrderflowError as exc:
             _log(logging.WARNING, f"{what} failed: {exc}", "order.settle_failed", order)
+
+
+async def _together(*effects: Awaitable[object]) -> None:
+    """Run ``effects`` at once and wait for all of them; then raise the first one's error, if
+    any (none is left running behind the caller's back)."""
+    for outcome in await asyncio.gather(*effects, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _log(level: int, message: str, event: str, order: Order) -> None:

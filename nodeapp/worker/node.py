@@ -31,6 +31,7 @@ from nodeapp.core.settings import Settings
 from nodeapp.orders.cancellation import listen_for_hints
 from nodeapp.orders.handles import Handles
 from nodeapp.orders.model import decode_work, utcnow
+from nodeapp.shop.stock_audit import audit_while_leading
 from nodeapp.worker.delivery import WorkAnswers
 from nodeapp.worker.effects import ShopEffects
 from nodeapp.worker.observer import Observer
@@ -166,6 +167,16 @@ class Node:
         )
         # A draining node stops competing for (and resigns) the reconciler's lead.
         reconciling = asyncio.create_task(reconciler.run(self.draining), name="reconciler")
+        auditing = asyncio.create_task(  # the leader also gives back leaked reservations
+            audit_while_leading(
+                self.context.effects.stock,
+                self.context.store,
+                lambda: reconciler.is_leader,
+                self.draining,
+                self.settings.reconcile_after,
+            ),
+            name="stock-audit",
+        )
         log.info(
             "node started",
             extra={
@@ -182,6 +193,7 @@ class Node:
             self.draining.set()
             stopped.set()
             await reconciling
+            await auditing
             await heartbeat
             await self.membership.leave()
         log.info("node stopped", extra={"event": "node.stopped", "node_id": self.node_id})

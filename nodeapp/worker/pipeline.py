@@ -19,14 +19,11 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from nodeapp.cluster.membership import NodeStats
-from nodeapp.core.errors import (
-    BrokerUnavailable,
-    Fenced,
+from nodeapp.core.errors import BrokerUnavailable, Fenced, OrderNotFound, RevisionConflict
+from nodeapp.core.shop_errors import (
     GatewayUnavailable,
     HoldConflict,
-    OrderNotFound,
     PaymentConflict,
-    RevisionConflict,
     StockContention,
 )
 from nodeapp.core.tracing import span

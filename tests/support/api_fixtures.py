@@ -28,6 +28,7 @@ from nodeapp.broker.resources import ORDERS_STREAM
 from nodeapp.core.settings import Settings
 from nodeapp.local.natsserver import free_port
 from nodeapp.orders.handles import Handles
+from tests.support.broker_users import as_role
 from tests.support.serving import serving
 from tests.support.tokens import TEST_ADMIN_TOKEN, bearer
 from tests.support.waiting import wait_for
@@ -104,9 +105,9 @@ async def client_for(app: Litestar, token: str | None = None) -> AsyncIterator[h
 def running_api(
     settings: Settings, token: str | None = TEST_ADMIN_TOKEN
 ) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
-    """The app for ``settings``, running, and a client for it presenting ``token`` (the test
-    admin by default)."""
-    return client_for(create_app(settings), token)
+    """The app for ``settings`` (as the broker's ``api`` user), running, and a client for it
+    presenting ``token`` (the test admin by default)."""
+    return client_for(create_app(as_role(settings, "api")), token)
 
 
 @contextlib.asynccontextmanager
@@ -162,11 +163,12 @@ def served_settings(settings: Settings, port: int, **changes: Any) -> Settings:
 
 @contextlib.asynccontextmanager
 async def serve_api(settings: Settings, **changes: Any) -> AsyncIterator[ServedApi]:
-    """The app for ``served_settings(settings, <a free port>, **changes)``, served and ready."""
+    """The app for ``served_settings(settings, <a free port>, **changes)`` (as the broker's
+    ``api`` user), served and ready; ``ServedApi.settings`` keep the caller's broker user."""
     port = free_port()
     served = served_settings(settings, port, **changes)
     async with (
-        serving(create_app(served), port),
+        serving(create_app(as_role(served, "api")), port),
         httpx.AsyncClient(
             base_url=served.api_url, timeout=10.0, headers=_headers(served.admin_token)
         ) as http,

@@ -9,6 +9,7 @@ from nodeapp.broker.kv import live_keys
 from nodeapp.core.settings import Settings
 from nodeapp.local.supervisor import Child, Supervisor, child_env, python_module
 from nodeapp.orders.handles import Handles
+from tests.support.broker_users import as_role
 from tests.support.waiting import wait_for
 
 
@@ -25,7 +26,8 @@ class NodeProcess(Child):
 
 
 class NodeProcesses:
-    """Starts nodes with the test's settings; ``stop_all`` kills whatever is left."""
+    """Starts nodes with the test's settings, as the broker's ``node`` user; ``stop_all`` kills
+    whatever is left."""
 
     def __init__(self, folder: Path, settings: Settings) -> None:
         self.folder = folder
@@ -34,7 +36,8 @@ class NodeProcesses:
         self.nodes: list[NodeProcess] = []
 
     def start(self, node_id: str, **env: str) -> NodeProcess:
-        full_env = child_env(self.settings, **{"ORDERFLOW_LOG_FORMAT": "json", **env})
+        node_settings = as_role(self.settings, "node")
+        full_env = child_env(node_settings, **{"ORDERFLOW_LOG_FORMAT": "json", **env})
         node = NodeProcess(node_id, full_env, self.folder / f"{node_id}.log")
         self.supervisor.add(node)
         self.nodes.append(node)

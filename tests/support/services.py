@@ -17,16 +17,18 @@ from nodeapp.core.settings import Settings
 from nodeapp.local.natsserver import free_port
 from nodeapp.local.supervisor import Child, child_env, python_module
 from nodeapp.orders.handles import Handles
+from tests.support.broker_users import as_role
 from tests.support.waiting import wait_for
 
 
 class ApiProcess(Child):
     """One ``python -m api`` process on a free port; ``stop()`` sends SIGTERM and waits.
 
-    ``settings`` reach it as environment variables, ``ORDERFLOW_ADMIN_TOKEN`` among them;
-    ``client()`` talks to it as that admin (``client(None)``: with no token). Its read model is
-    ``<log_path>.read.db`` (each api process keeps its own), unless ``ORDERFLOW_READ_DB`` is
-    given in ``env``: a restart with the same one resumes from that file's checkpoint.
+    ``settings`` reach it as environment variables, ``ORDERFLOW_ADMIN_TOKEN`` among them, and
+    ``NATS_URL`` as the broker's ``api`` user; ``client()`` talks to it as that admin token
+    (``client(None)``: with no token). Its read model is ``<log_path>.read.db`` (each api
+    process keeps its own), unless ``ORDERFLOW_READ_DB`` is given in ``env``: a restart with
+    the same one resumes from that file's checkpoint.
     """
 
     def __init__(self, settings: Settings, log_path: Path, **env: str) -> None:
@@ -39,7 +41,7 @@ class ApiProcess(Child):
             "ORDERFLOW_LOG_FORMAT": "json",
             "ORDERFLOW_READ_DB": str(self.read_db),
         }
-        full_env = child_env(settings, **{**own, **env})
+        full_env = child_env(as_role(settings, "api"), **{**own, **env})
         super().__init__("api", python_module("api"), env=full_env, log_path=log_path)
 
     async def wait_ready(self, within: float = 20.0) -> None:
