@@ -55,8 +55,7 @@ from benchmarks.throughput import (
     Submitter,
     pace,
     parse_args,
-    profile_summary,
-    report,
+    print_result,
     run_cleanly,
 )
 from nodeapp.broker.connection import connection
@@ -324,11 +323,7 @@ def _one(opts: Options, contender: Contender, n: int) -> Result | None:
         return None
     finally:  # the run's loop handled SIGTERM; between runs it ends the process again
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    print(report(result, run_opts), flush=True)
-    if profile is not None:
-        print(profile_summary(profile), flush=True)
-    if opts.json:
-        print(msgspec.json.encode(result).decode(), flush=True)
+    print_result(result, run_opts)
     return result
 
 
@@ -378,11 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     except OrderflowError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    print(report(result, opts))
-    if opts.profile is not None:
-        print(profile_summary(opts.profile))
-    if opts.json:
-        print(msgspec.json.encode(result).decode())
+    print_result(result, opts)
     return 0
 
 

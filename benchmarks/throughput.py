@@ -859,12 +859,18 @@ def main(argv: list[str] | None = None) -> int:
     except OrderflowError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    print(report(result, opts))
-    if opts.profile is not None:
-        print(profile_summary(opts.profile))
-    if opts.json:
-        print(msgspec.json.encode(result).decode())
+    print_result(result, opts)
     return 0
+
+
+def print_result(result: Result, opts: Options) -> None:
+    """The human report, the profile's summary when one was taken, the JSON when asked
+    (flushed: a comparison prints each run as it ends)."""
+    print(report(result, opts), flush=True)
+    if opts.profile is not None:
+        print(profile_summary(opts.profile), flush=True)
+    if opts.json:
+        print(msgspec.json.encode(result).decode(), flush=True)
 
 
 def run_cleanly(opts: Options, kind: type[Run] = Run) -> Result:
