@@ -19,11 +19,14 @@ from nodeapp.orders.handles import Handles
 from nodeapp.orders.model import Contact, Item, Order, new_order, new_order_id, utcnow
 from nodeapp.shop.notifications import (
     DeliveryState,
+    Notification,
     cancel_delayed,
+    encode,
     notifications_for,
     publish,
     read_state,
     schedule_delayed,
+    write_state,
 )
 from nodeapp.shop.notifier import Notifier
 from nodeapp.shop.notify_dead_letters import NOTIFY_DLQ_PREFIX
@@ -211,6 +214,34 @@ async def test_without_a_webhook_nothing_is_sent_and_the_state_says_skipped(
         await wait_for(lambda: _idle(broker))
     assert receiver.requests == []
     assert (n.counts["skipped"], state.attempts, state.delivered_at) == (1, 0, None)
+
+
+async def test_a_state_found_at_the_first_write_decides_what_follows(
+    settings: Settings, broker: Handles, kv: KeyValue, receiver: WebhookReceiver
+) -> None:
+    """The first state is written create-only (ADR 0020); a key taken is read: a ``failed``
+    one (a webhook since removed) becomes ``skipped`` keeping its attempts, a ``skipped`` one
+    makes a republish a duplicate."""
+    tried, done = await _order(broker, "completed"), await _order(broker, "completed")
+    earlier = DeliveryState(
+        notification_id=f"{tried.order_id}:order.completed", kind="order.completed",
+        order_id=tried.order_id, state="failed", attempts=2, updated_at=utcnow(),
+    )  # fmt: skip
+    await write_state(kv, earlier)
+    async with Notifier(settings, broker.js, broker.store, policy=POLICY) as n:
+        for order in (tried, done):
+            await publish(broker.js, order, "order.completed")
+        found = await wait_for(lambda: _state(kv, tried.order_id, "order.completed", "skipped"))
+        await wait_for(lambda: _state(kv, done.order_id, "order.completed", "skipped"))
+        note = Notification(
+            notification_id=f"{done.order_id}:order.completed", kind="order.completed",
+            order_id=done.order_id, time=utcnow(),
+        )  # fmt: skip
+        await broker.js.publish(f"{SUBJECT_PREFIX}order.completed", encode(note))  # no msg id
+        await wait_for(lambda: _counted(n, "duplicate"))
+        await wait_for(lambda: _idle(broker))
+    assert receiver.requests == []
+    assert (found.attempts, n.counts["skipped"], n.counts["duplicate"]) == (2, 2, 1)
 
 
 async def test_an_undecodable_notification_is_dead_lettered_not_retried(

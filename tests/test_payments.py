@@ -32,7 +32,7 @@ from nodeapp.core.shop_errors import (
 from nodeapp.core.signing import SIGNATURE_HEADER, sign
 from nodeapp.local.natsserver import NatsServer, free_port
 from nodeapp.orders.handles import Handles
-from nodeapp.orders.model import new_order_id, utcnow
+from nodeapp.orders.model import Item, new_order, new_order_id, utcnow
 from nodeapp.shop.callbacks import PaymentInbox, read
 from nodeapp.shop.gateway import Gateway
 from nodeapp.shop.gateway_app import create_gateway_app, gateway_router
@@ -49,7 +49,9 @@ from nodeapp.shop.payment_resources import (
     ensure_payments_bucket,
     fixed_bucket,
 )
-from nodeapp.shop.payments import PaymentClient, PaymentWaiter
+from nodeapp.shop.payments import PaymentClient
+from nodeapp.shop.verdicts import PaymentWaiter
+from nodeapp.worker.charges import Charges
 from tests.support.serving import serving
 from tests.support.waiting import wait_for
 
@@ -318,6 +320,50 @@ async def test_waiter_sees_a_verdict_recorded_before_the_wait(shop: Shop) -> Non
     verdict = await shop.waiter.wait(order_id, 0.01)
     assert verdict is not None
     assert verdict.status == "approved"
+
+
+async def test_a_verdict_recorded_before_the_wait_starts_reaches_a_wait_listening_since(
+    shop: Shop,
+) -> None:
+    """Pre-Processing listens before it authorizes (ADR 0020): the gateway answered "pending",
+    so the verdict comes after the listening began; recorded before the wait itself starts, it
+    is kept, found without a read of the key and without the deadline's last look."""
+    order_id = new_order_id()
+    with shop.waiter.expecting(order_id) as expected:
+        entry = await shop.client.authorize(order_id, AMOUNT, "tok_ok", epoch=1)
+        assert entry.status == "pending"
+        await delivered(shop, order_id)  # recorded in `payments` before the wait starts
+        verdict = await expected.verdict(VERDICT_WITHIN, maybe_recorded=False)
+    assert verdict is not None
+    assert verdict.status == "approved"
+    assert (shop.waiter.found_late, shop.waiter.waiting) == (0, 0)
+
+
+async def test_a_wait_told_nothing_was_recorded_reads_only_at_its_deadline(shop: Shop) -> None:
+    """``maybe_recorded=False`` skips the first read: a verdict recorded before the listening
+    began (which a "pending" answer rules out) is found only by the deadline's look, logged."""
+    order_id = new_order_id()
+    body, headers = signed_callback(order_id)
+    assert (await shop.http.post(CALLBACK_PATH, content=body, headers=headers)).is_success
+    with shop.waiter.expecting(order_id) as expected:
+        verdict = await expected.verdict(0.2, maybe_recorded=False)
+    assert verdict is not None
+    assert verdict.status == "approved"
+    assert shop.waiter.found_late == 1
+
+
+async def test_a_rerun_of_pre_processing_reads_the_verdict_recorded_before_it(shop: Shop) -> None:
+    """The step listens, then authorizes: a first run hears its verdict; a re-run (a takeover,
+    a higher epoch) gets the decided payment from the gateway, so the verdict was recorded
+    before it listened and is read at once, not found at the deadline (ADR 0020)."""
+    order = new_order(new_order_id(), "c-1", [Item("p-1", 1, AMOUNT)], AMOUNT)
+    order.payment_token = "tok_ok"
+    charges = Charges(shop.client, shop.waiter, VERDICT_WITHIN)
+    assert await charges.authorize(order, epoch=1) is None  # approved
+    assert await charges.authorize(order, epoch=2) is None
+    assert order.payment is not None
+    assert order.payment.status == "authorized"
+    assert (shop.waiter.found_late, shop.waiter.waiting) == (0, 0)
 
 
 async def test_waiters_resolve_only_for_their_own_order(shop: Shop) -> None:

@@ -263,13 +263,16 @@ async def test_forgetting_a_reserved_hold_is_refused_but_the_rest_are_forgotten(
     assert (await stock.level("b:1")).holds == {}
 
 
+@pytest.mark.parametrize("through", ["nats-py", "replies"])
 async def test_a_sole_writer_skips_the_read_but_never_trusts_a_stale_copy(
-    settings: Settings, catalog: Catalog
+    settings: Settings, catalog: Catalog, broker: Handles, through: str
 ) -> None:
     """A process that is a product's only writer writes its next change from the copy it kept
     (no read); once another process wrote, the broker refuses that write and the change is
-    decided on a fresh read: it cannot oversell from an old copy."""
-    mine = Stock(catalog.stock.kv)  # a process of its own: nothing kept yet
+    decided on a fresh read: it cannot oversell from an old copy. The same through the node's
+    cheaper compare-and-set (``replies``, ADR 0020): a refusal is the same refusal."""
+    replies = broker.store.replies if through == "replies" else None
+    mine = Stock(catalog.stock.kv, replies=replies)  # a process of its own: nothing kept yet
     await mine.reserve("a", "o1", 1, 3)  # read: the catalog wrote last
     await mine.reserve("a", "o2", 1, 3)  # read: its own write was the last, so it keeps this one
     await mine.reserve("a", "o3", 1, 1)  # from the kept copy

@@ -1,5 +1,6 @@
 """Requests on the hot path, with less per request than ``nc.request``: a JetStream publish
-(a KV compare-and-set) and a KV direct get, each one round trip.
+(a KV compare-and-set) and a KV direct get, each one round trip. The order store uses them
+(ADR 0019), and so do the node's stock writes and notifications (ADR 0020).
 
 nats-py's request draws two random bytes from the OS (a system call) and waits through
 ``asyncio.wait_for`` (an extra future); its JetStream publish decodes the acknowledgement with
@@ -23,6 +24,8 @@ from nats.aio.msg import Msg
 
 NO_RESPONDERS: Final = "503"
 NOT_FOUND: Final = "404"
+EXPECTED_REVISION: Final = "Nats-Expected-Last-Subject-Sequence"
+WRONG_REVISION: Final = frozenset({10071, 10164})  # JetStream: the key's last revision differs
 
 
 class _ApiError(msgspec.Struct):
@@ -37,6 +40,12 @@ class _PubAck(msgspec.Struct):
 
 
 _puback: Final = msgspec.json.Decoder(_PubAck)
+_ERRORS_BY_CODE: Final[dict[int, type[nats.js.errors.APIError]]] = {
+    503: nats.js.errors.ServiceUnavailableError,
+    500: nats.js.errors.ServerError,
+    404: nats.js.errors.NotFoundError,
+    400: nats.js.errors.BadRequestError,
+}
 
 
 class Replies:
@@ -86,11 +95,23 @@ class Replies:
             raise nats.js.errors.NoStreamResponseError from None
         ack = _puback.decode(reply.data)
         if ack.error is not None:
-            error = ack.error
-            raise nats.js.errors.APIError(
-                code=error.code, err_code=error.err_code, description=error.description
-            )
+            raise _api_error(ack.error)
         return ack.seq
+
+    async def compare_and_set(
+        self, subject: str, payload: bytes, last: int, headers: dict[str, str] | None = None
+    ) -> int:
+        """A KV write (``subject`` is ``$KV.<bucket>.<key>``) stored only if the key's last
+        revision is ``last`` (0: the key has none); its revision, else nats-py's
+        ``KeyWrongLastSequenceError``, as ``KeyValue.update`` raises it."""
+        wanted = {EXPECTED_REVISION: str(last), **(headers or {})}
+        try:
+            return await self.publish(subject, payload, wanted)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in WRONG_REVISION:
+                moved = nats.js.errors.KeyWrongLastSequenceError(description=exc.description)
+                raise moved from None
+            raise
 
     async def can_direct_get(self, stream: str, subject: str) -> bool:
         """Whether a direct get on ``stream`` is answered at all (the stream allows it and our
@@ -111,6 +132,14 @@ class Replies:
         if status is not None:
             raise nats.js.errors.APIError(code=int(status), description=f"direct get: {status}")
         return reply
+
+
+def _api_error(error: _ApiError) -> nats.js.errors.APIError:
+    """nats-py's class for the error, as its own publish picks it (``APIError.from_error``):
+    a 503 (no leader yet) is a ``ServiceUnavailableError``, which ``broker_errors`` reports as
+    the broker being unavailable."""
+    kind = _ERRORS_BY_CODE.get(error.code, nats.js.errors.APIError)
+    return kind(code=error.code, err_code=error.err_code, description=error.description)
 
 
 def _expire(waiting: asyncio.Future[Msg]) -> None:

@@ -29,8 +29,6 @@ from nodeapp.orders.model import Order, decode_order, encode
 
 HISTORY_TIMEOUT: Final = 5.0  # seconds to wait for the next revision of a history read
 STATUS_HEADER: Final = "Orderflow-Status"  # the order's status, stored with each revision
-EXPECTED_REVISION: Final = "Nats-Expected-Last-Subject-Sequence"
-WRONG_REVISION: Final = frozenset({10071, 10164})  # JetStream: the key's last revision differs
 ORDERS_KV_STREAM: Final = f"KV_{ORDERS_BUCKET}"
 KV_OPERATION: Final = "KV-Operation"
 REMOVED: Final = frozenset({"DEL", "PURGE"})  # a delete or purge marker: no document
@@ -102,16 +100,11 @@ class OrderStore:
 
     async def _write(self, order: Order, last: int, document: bytes | None = None) -> int:
         """``KeyValue.update`` with the status header stored alongside the document."""
-        headers = {EXPECTED_REVISION: str(last), STATUS_HEADER: order.status}
         subject = self._subject + order.order_id
         data = encode(order) if document is None else document
-        try:
-            return await self.replies.publish(subject, data, headers)
-        except nats.js.errors.APIError as exc:
-            if exc.err_code in WRONG_REVISION:
-                moved = nats.js.errors.KeyWrongLastSequenceError(description=exc.description)
-                raise moved from None
-            raise
+        return await self.replies.compare_and_set(
+            subject, data, last, {STATUS_HEADER: order.status}
+        )
 
     @staticmethod
     def encode(order: Order) -> bytes:

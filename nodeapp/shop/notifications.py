@@ -9,8 +9,9 @@ nats-server 2.15: a schedule fires once and is then removed, one in the past fir
 fired copy keeps our headers but not ``Nats-Msg-Id``, a target outside the stream is refused.
 
 Delivery state per (order, kind) is KV bucket ``notifications``, key
-``<order_id>.<kind with _>``; the notifier writes it, ``notifications_for`` reads it. The
-stream, consumer and bucket are made by ``nodeapp.shop.notify_resources``.
+``<order_id>.<kind with _>``; the notifier writes it (the first state create-only: a key taken
+means a delivery began before), ``notifications_for`` reads it. The stream, consumer and bucket
+are made by ``nodeapp.shop.notify_resources``.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from nats.js.api import Header
 from nats.js.kv import KeyValue
 
 from nodeapp.broker.connection import broker_errors
+from nodeapp.broker.requests import Replies
 from nodeapp.orders.model import Contact, Order, is_order_id, utcnow
-from nodeapp.shop.notify_resources import SCHEDULE_PREFIX, STREAM, SUBJECT_PREFIX
+from nodeapp.shop.notify_resources import BUCKET, SCHEDULE_PREFIX, STREAM, SUBJECT_PREFIX
 
 Kind = Literal["order.completed", "order.failed", "order.cancelled", "order.delayed"]
 KINDS: Final[tuple[Kind, ...]] = get_args(Kind)
 DELAYED: Final = "order.delayed"
+STATE_SUBJECT: Final = f"$KV.{BUCKET}."  # + a state's key: its writes' subject
 StateName = Literal["pending", "delivered", "failed", "dead", "skipped"]
 
 
@@ -84,10 +87,13 @@ def state_key(order_id: str, kind: str) -> str:
     return f"{order_id}.{kind.replace('.', '_')}"
 
 
-async def publish(js: JetStreamContext, order: Order, kind: Kind) -> None:
+async def publish(
+    js: JetStreamContext, order: Order, kind: Kind, *, replies: Replies | None = None
+) -> None:
     """Queue ``kind`` for ``order``. Call it after the owner stored the document that makes it
     true (that compare-and-set is the epoch fence); a repeat is deduplicated by the stream for
-    two minutes and by the delivery state after that."""
+    two minutes and by the delivery state after that. ``replies``: publish through the
+    process's cheaper requests (``nodeapp.broker.requests``; the node's, ADR 0020)."""
     note = Notification(
         notification_id=notification_id(order.order_id, kind),
         kind=kind,
@@ -99,7 +105,10 @@ async def publish(js: JetStreamContext, order: Order, kind: Kind) -> None:
     )
     headers: dict[str, str] = {Header.MSG_ID: note.notification_id}
     with broker_errors(f"publishing {kind} for order {order.order_id}"):
-        await js.publish(SUBJECT_PREFIX + kind, encode(note), headers=headers)
+        if replies is not None:
+            await replies.publish(SUBJECT_PREFIX + kind, encode(note), headers)
+        else:
+            await js.publish(SUBJECT_PREFIX + kind, encode(note), headers=headers)
 
 
 async def schedule_delayed(
@@ -142,10 +151,32 @@ async def read_state(kv: KeyValue, order_id: str, kind: str) -> DeliveryState | 
     return _state_decoder.decode(entry.value) if entry.value else None
 
 
-async def write_state(kv: KeyValue, state: DeliveryState) -> None:
-    """Last writer wins: the state reports, only ``delivered`` decides anything."""
+async def create_state(kv: KeyValue, state: DeliveryState, replies: Replies | None = None) -> bool:
+    """Write the (order, kind)'s first state; False, writing nothing, when it has one already.
+
+    A write expecting no revision, not ``KeyValue.create``: that one reads the key after a
+    refusal (to re-create a deleted key; no state is ever deleted), and the caller reads it
+    anyway to learn what the state is. ``replies`` as for ``publish``."""
+    key, data = state_key(state.order_id, state.kind), encode(state)
     with broker_errors(f"writing the {state.kind} state of order {state.order_id}"):
-        await kv.put(state_key(state.order_id, state.kind), encode(state))
+        try:
+            if replies is not None:
+                await replies.compare_and_set(STATE_SUBJECT + key, data, 0)
+            else:
+                await kv.update(key, data, last=0)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+    return True
+
+
+async def write_state(kv: KeyValue, state: DeliveryState, replies: Replies | None = None) -> None:
+    """Last writer wins: the state reports, only ``delivered`` decides anything."""
+    key, data = state_key(state.order_id, state.kind), encode(state)
+    with broker_errors(f"writing the {state.kind} state of order {state.order_id}"):
+        if replies is not None:
+            await replies.publish(STATE_SUBJECT + key, data, {})
+        else:
+            await kv.put(key, data)
 
 
 async def notifications_for(kv: KeyValue, order_id: str) -> list[DeliveryState]:

@@ -18,7 +18,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 from nats.aio.msg import Msg
@@ -34,6 +34,7 @@ from nodeapp.shop.notifications import (
     DeliveryState,
     Notification,
     StateName,
+    create_state,
     decode_notification,
     encode,
     read_state,
@@ -46,6 +47,7 @@ from nodeapp.shop.webhook import Webhook
 log = logging.getLogger("orderflow.notifier")
 
 Settle = Literal["ack", "nak", "term"]
+FINAL: Final = frozenset({"delivered", "dead", "skipped"})  # nothing more to do
 
 
 class Deliveries:
@@ -66,6 +68,7 @@ class Deliveries:
         self.js = js
         self.kv = kv
         self.store = store
+        self.replies = store.replies  # the node's cheaper requests, for the state writes
         self.policy = policy
         self.counts: collections.Counter[str] = collections.Counter()
         self._webhook = webhook
@@ -99,14 +102,7 @@ class Deliveries:
             await self._poison(msg, f"undecodable notification: {exc}", ids)
             return
         ids.update(order_id=note.order_id, kind=note.kind)
-        before = await read_state(self.kv, note.order_id, note.kind)
-        # Final states: a re-publish after the dedup window (a finished order's message coming
-        # back) must neither send a delivered notification again nor restart a dead one.
-        if before is not None and before.state in ("delivered", "dead", "skipped"):
-            self._count("duplicate", ids)
-            await self._settle(msg, ids, "ack")
-            return
-        if note.kind == DELAYED:
+        if note.kind == DELAYED:  # decided before any state is written: a dropped one has none
             current = await self._still_late(note)
             if current is None:
                 self._count("dropped", ids)
@@ -114,11 +110,36 @@ class Deliveries:
                 return
             note = current
         if self._webhook is None:
-            await self._record(note, "skipped", before, "ORDERFLOW_NOTIFY_WEBHOOK is unset")
-            self._count("skipped", ids)
-            await self._settle(msg, ids, "ack")
+            why = "ORDERFLOW_NOTIFY_WEBHOOK is unset"
+            go_on, _ = await self._begin(msg, note, "skipped", why, ids)
+            if go_on:
+                self._count("skipped", ids)
+                await self._settle(msg, ids, "ack")
             return
-        await self._post(msg, note, before, ids, self._webhook)
+        go_on, before = await self._begin(msg, note, "pending", None, ids)
+        if go_on:
+            await self._post(msg, note, before, ids, self._webhook)
+
+    async def _begin(
+        self, msg: Msg, note: Notification, state: StateName, error: str | None, ids: dict[str, Any]
+    ) -> tuple[bool, DeliveryState | None]:
+        """Write the first state (``skipped``, or ``pending``: a crash from it to the outcome
+        leaves "maybe sent") create-only, so the normal path reads nothing (ADR 0020). A key
+        taken means a delivery began before: read it. A final state (a re-publish after the
+        dedup window, a redelivery after a crash) is acked as a duplicate and (False, it)
+        answered: a delivered notification is never sent again, a dead one never restarted.
+        Otherwise (True, the state found): its attempts count on, and a ``pending`` or
+        ``failed`` one stays as it is until the POST's outcome."""
+        if await create_state(self.kv, self._state(note, state, None, error), self.replies):
+            return True, None
+        before = await read_state(self.kv, note.order_id, note.kind)
+        if before is not None and before.state in FINAL:
+            self._count("duplicate", ids)
+            await self._settle(msg, ids, "ack")
+            return False, before
+        if before is None or state == "skipped":  # vanished meanwhile, or skipped from now on
+            await self._record(note, state, before, error)
+        return True, before
 
     async def _post(
         self,
@@ -128,8 +149,6 @@ class Deliveries:
         ids: dict[str, Any],
         webhook: Webhook,
     ) -> None:
-        if before is None:  # a crash from here to the outcome leaves "pending": maybe sent
-            await self._record(note, "pending", None, None)
         try:
             async with self._kept_alive(msg, ids):
                 await webhook.post(note.notification_id, encode(note))
@@ -209,22 +228,26 @@ class Deliveries:
     async def _record(
         self, note: Notification, state: StateName, before: DeliveryState | None, error: str | None
     ) -> None:
-        """Write the (order, kind)'s state. ``attempts`` counts POSTs begun: every state but
-        ``skipped`` is written for one, and a ``pending`` left by a crash counts as one."""
+        """Write the (order, kind)'s state over whatever it was."""
+        await write_state(self.kv, self._state(note, state, before, error), self.replies)
+
+    @staticmethod
+    def _state(
+        note: Notification, state: StateName, before: DeliveryState | None, error: str | None
+    ) -> DeliveryState:
+        """The state to write. ``attempts`` counts POSTs begun: every state but ``skipped`` is
+        written for one, and a ``pending`` left by a crash counts as one."""
         now = utcnow()
         made = before.attempts if before else 0
-        await write_state(
-            self.kv,
-            DeliveryState(
-                notification_id=note.notification_id,
-                kind=note.kind,
-                order_id=note.order_id,
-                state=state,
-                attempts=made if state == "skipped" else made + 1,
-                last_error=error,
-                delivered_at=now if state == "delivered" else None,
-                updated_at=now,
-            ),
+        return DeliveryState(
+            notification_id=note.notification_id,
+            kind=note.kind,
+            order_id=note.order_id,
+            state=state,
+            attempts=made if state == "skipped" else made + 1,
+            last_error=error,
+            delivered_at=now if state == "delivered" else None,
+            updated_at=now,
         )
 
     @contextlib.asynccontextmanager

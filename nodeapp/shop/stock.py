@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from nats.js.kv import KeyValue
 
+from nodeapp.broker.requests import Replies
 from nodeapp.shop import holds
 from nodeapp.shop.keys import product_key
 from nodeapp.shop.products import Line, StockLevel, StockView
@@ -38,9 +39,16 @@ class Stock:
     owner's epoch. One per process and bucket handle: its writes are combined per product.
     ``retries`` counts changes re-applied after a lost compare-and-set, by operation name."""
 
-    def __init__(self, kv: KeyValue, attempts: int = ATTEMPTS, *, combine: bool = True) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        attempts: int = ATTEMPTS,
+        *,
+        combine: bool = True,
+        replies: Replies | None = None,
+    ) -> None:
         self.kv = kv
-        self.writer = StockWriter(kv, attempts, combine=combine)
+        self.writer = StockWriter(kv, attempts, combine=combine, replies=replies)
 
     @property
     def retries(self) -> Counter[str]:

@@ -33,10 +33,12 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from nodeapp.broker.connection import broker_errors
+from nodeapp.broker.requests import Replies
 from nodeapp.core.errors import Fenced
 from nodeapp.core.shop_errors import HoldConflict, OutOfStock, StockConflict, StockContention
 from nodeapp.shop.keys import product_key
 from nodeapp.shop.products import StockLevel, StockView, decode_stock, encode
+from nodeapp.shop.resources import STOCK_BUCKET
 
 log = logging.getLogger("orderflow.shop.stock")
 
@@ -45,6 +47,7 @@ FIRST_PAUSE: Final = 0.001  # seconds; the random pause after a lost write doubl
 MAX_PAUSE: Final = 0.05
 REMEMBERED: Final = 1024  # products whose last write this process keeps track of
 REFUSALS: Final = (OutOfStock, Fenced, HoldConflict, StockConflict)
+SUBJECT: Final = f"$KV.{STOCK_BUCKET}."  # + the product's key: a write's subject
 
 Change = Callable[[StockLevel], bool]  # True if the level changed; raises a refusal untouched
 
@@ -72,10 +75,19 @@ class StockWriter:
     counts the writes that landed, ``reads`` the documents read, ``stale`` the writes on a kept
     copy that another writer had overtaken. ``combine=False`` gives every change its own
     compare-and-set, from a read (what combining saves is measured by
-    ``benchmarks.hot_product``)."""
+    ``benchmarks.hot_product``). With ``replies`` (the process's, ``nodeapp.broker.requests``)
+    a compare-and-set costs less CPU than nats-py's ``update`` (ADR 0020)."""
 
-    def __init__(self, kv: KeyValue, attempts: int = ATTEMPTS, *, combine: bool = True) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        attempts: int = ATTEMPTS,
+        *,
+        combine: bool = True,
+        replies: Replies | None = None,
+    ) -> None:
         self.kv = kv
+        self.replies = replies
         self.attempts = attempts
         self.combine = combine
         self.retries: Counter[str] = Counter()
@@ -133,8 +145,10 @@ class StockWriter:
         data = encode(level)
         with broker_errors(f"writing the stock of {product_id}"):
             try:
-                if revision is None:
+                if revision is None:  # nats-py's create: it also re-creates a deleted key
                     written = await self.kv.create(key, data)
+                elif self.replies is not None:
+                    written = await self.replies.compare_and_set(SUBJECT + key, data, revision)
                 else:
                     written = await self.kv.update(key, data, last=revision)
             except nats.js.errors.KeyWrongLastSequenceError:

@@ -22,7 +22,8 @@ from nodeapp.core.shop_errors import PaymentNotFound
 from nodeapp.orders.model import Order, Payment, PaymentStatus, utcnow
 from nodeapp.orders.requests import DEFAULT_PAYMENT_TOKEN
 from nodeapp.shop.gateway_ledger import LedgerEntry
-from nodeapp.shop.payments import PaymentClient, PaymentWaiter
+from nodeapp.shop.payments import PaymentClient
+from nodeapp.shop.verdicts import PaymentWaiter
 
 log = logging.getLogger("orderflow.charges")
 
@@ -59,9 +60,12 @@ class Charges:
         if amount is None:
             return None
         token = order.payment_token or DEFAULT_PAYMENT_TOKEN  # a document from before tokens
-        await self.client.authorize(order.order_id, amount, token, epoch)
-        _record(order, "pending")
-        verdict = await self.waiter.wait(order.order_id, self.timeout, interrupt)
+        with self.waiter.expecting(order.order_id) as expected:  # listening before asking
+            entry = await self.client.authorize(order.order_id, amount, token, epoch)
+            _record(order, "pending")
+            # "pending": decided after we began listening, so the record is yet to come.
+            maybe_recorded = entry.status != "pending"
+            verdict = await expected.verdict(self.timeout, interrupt, maybe_recorded=maybe_recorded)
         if verdict is None:
             _record(order, "timed_out")
             return TIMED_OUT

@@ -23,6 +23,7 @@ from typing import Final
 
 from nats.js import JetStreamContext
 
+from nodeapp.broker.requests import Replies
 from nodeapp.core.errors import OrderflowError
 from nodeapp.core.shop_errors import HoldConflict, OutOfStock
 from nodeapp.orders.model import STEP_NAMES, Order
@@ -44,10 +45,13 @@ class ShopEffects:
     """The shop's side of every order run in one node process (one ``Stock``, one payment
     client and waiter, shared by all its orders)."""
 
-    def __init__(self, js: JetStreamContext, stock: Stock, charges: Charges) -> None:
+    def __init__(
+        self, js: JetStreamContext, stock: Stock, charges: Charges, replies: Replies | None = None
+    ) -> None:
         self.js = js
         self.stock = stock
         self.charges = charges
+        self.replies = replies  # the notification's publish through the node's requests
 
     def may_wait(self, step: str, order: Order) -> bool:
         """Whether the step's effect can outlast a keepalive interval (the payment verdict)."""
@@ -98,7 +102,10 @@ class ShopEffects:
         epoch = order.owner.epoch if order.owner is not None else 0
         order_id = order.order_id
         await _together(  # the order's slot is held until all three are done
-            self._best_effort(order, f"queueing {kind}", lambda: publish(self.js, order, kind)),
+            self._best_effort(
+                order, f"queueing {kind}",
+                lambda: publish(self.js, order, kind, replies=self.replies),
+            ),
             self._best_effort(
                 order, "cancelling order.delayed", lambda: cancel_delayed(self.js, order_id)
             ),

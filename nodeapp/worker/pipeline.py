@@ -29,7 +29,7 @@ from nodeapp.core.shop_errors import (
 from nodeapp.core.tracing import span
 from nodeapp.orders import lifecycle
 from nodeapp.orders.model import Order, StepRecord, utcnow
-from nodeapp.shop.payments import WaitInterrupted
+from nodeapp.shop.verdicts import WaitInterrupted
 from nodeapp.worker.delivery import Delivery, Outcome, RunResult
 from nodeapp.worker.orderlog import log_order
 from nodeapp.worker.steps import StepFailed

@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator
 from nodeapp.core.settings import Settings
 from nodeapp.orders.handles import Handles
 from nodeapp.shop.notifier import Notifier
-from nodeapp.shop.payments import PaymentClient, PaymentWaiter
+from nodeapp.shop.payments import PaymentClient
 from nodeapp.shop.resources import ensure_shop_resources
 from nodeapp.shop.stock import Stock
+from nodeapp.shop.verdicts import PaymentWaiter
 from nodeapp.worker.charges import Charges
 from nodeapp.worker.effects import ShopEffects
 
@@ -27,10 +28,12 @@ from nodeapp.worker.effects import ShopEffects
 async def shop_services(settings: Settings, handles: Handles) -> AsyncIterator[ShopEffects]:
     """``async with shop_services(settings, handles) as effects:`` run the node inside."""
     buckets = await ensure_shop_resources(handles.js, settings)
-    stock = Stock(buckets.stock)
+    replies = handles.store.replies  # cheaper compare-and-sets and publishes (ADR 0020)
+    stock = Stock(buckets.stock, replies=replies)
     async with (
         PaymentClient(settings) as client,
         PaymentWaiter(handles.js, buckets.payments, settings) as waiter,
         Notifier(settings, handles.js, handles.store),
     ):
-        yield ShopEffects(handles.js, stock, Charges(client, waiter, settings.payment_timeout))
+        charges = Charges(client, waiter, settings.payment_timeout)
+        yield ShopEffects(handles.js, stock, charges, replies)
