@@ -89,6 +89,10 @@ class BrokerLink:
     def connection(self) -> NATS:
         return self._up().handles.nc
 
+    def handles(self) -> Handles:
+        """The connection and what is built on it (the read model's projector uses both)."""
+        return self._up().handles
+
     def jetstream(self) -> JetStreamContext:
         return self._up().handles.js
 

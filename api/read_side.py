@@ -86,7 +86,7 @@ class ReadSide:
 
     async def _hold(self) -> None:
         """Open the file and follow the bucket until cancelled."""
-        async with open_read_model(self.path, self._link.jetstream) as model:
+        async with open_read_model(self.path, self._link.handles) as model:
             self._model, self.problem = model, None
             log.info(
                 "read model open at checkpoint %d",

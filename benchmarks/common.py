@@ -191,6 +191,30 @@ async def start_api(procs: Processes, settings: Settings) -> Child:
     return api
 
 
+class ReadModelState(msgspec.Struct, frozen=True):
+    """The api's read model as ``/readyz`` tells it (its ``read_model``)."""
+
+    lag_messages: int
+    applied: int
+
+
+class _Readiness(msgspec.Struct):
+    read_model: ReadModelState | None = None
+
+
+async def read_model_state(settings: Settings) -> ReadModelState | None:
+    """How far the api's projector is behind right now (None if it does not say)."""
+    async with HttpClient(timeout=5) as client:
+        try:
+            answer = await client.request("GET", f"{settings.api_url}/readyz")
+        except HttpFailed:
+            return None
+    try:
+        return msgspec.json.decode(answer.body, type=_Readiness).read_model
+    except msgspec.DecodeError:
+        return None
+
+
 # -- /proc sampling --------------------------------------------------------------------------
 
 

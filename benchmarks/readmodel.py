@@ -98,7 +98,7 @@ async def projection(folder: Path, revisions: int, changes: int) -> list[str]:
         async with broker_handles(settings, "bench-readmodel") as handles:
             kv = handles.buckets.orders
             wrote = await write_revisions(kv, revisions)
-            async with Projector(settings.read_db, handles.js) as projector:
+            async with Projector(settings.read_db, handles) as projector:
                 started = time.perf_counter()
                 await projector.caught_up(600)
                 took = time.perf_counter() - started

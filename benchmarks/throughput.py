@@ -68,11 +68,13 @@ from benchmarks.common import (
     OrderTimes,
     Processes,
     Profiler,
+    ReadModelState,
     RssSampler,
     bare_node_command,
     bench_folder,
     node_command,
     percentile,
+    read_model_state,
     sigint_ignored,
     snapshot,
     start_api,
@@ -187,6 +189,10 @@ class Result(msgspec.Struct, kw_only=True):
     tree: str | None = None
     rss_mib: dict[str, float] = {}  # peak per process
     orders_by_node: dict[str, int] = {}  # node process -> orders whose last step it ran
+    # The api's read model when the last order was terminal: revisions not applied yet, and
+    # applied since the api started (None without an api).
+    read_lag: int | None = None
+    read_applied: int | None = None
     leaders: list[str] = []  # the node processes that logged taking the reconciler's lead
 
 
@@ -490,13 +496,21 @@ class Run:
         docs = await wait_terminal(handles.js, handles.store, self.state.ids, self.children)
         self.cpu.stop()
         self.sampler.sample()
+        read_model = await self._read_model()
         result = _result(
             opts, self.state, docs, first_submit, submit_seconds, self.cpu, self.sampler
         )
+        if read_model is not None:
+            result.read_lag, result.read_applied = read_model.lag_messages, read_model.applied
         if self.mode_name is not None:
             result.mode = self.mode_name
         result.leaders = [c.name for c in self.children if _led(c)]
         return result
+
+    async def _read_model(self) -> ReadModelState | None:
+        if not any(child.name == "api" for child in self.children):
+            return None
+        return await read_model_state(self.settings)
 
 
 def _led(child: Child) -> bool:
@@ -685,6 +699,11 @@ def report(r: Result, opts: Options) -> str:
         f"  elsewhere    {r.other_cores:.2f} cores busy outside these processes during the run"
         + ("  << the machine was not quiet: numbers are skewed" if r.other_cores > 0.15 else ""),
     ]
+    if r.read_lag is not None:
+        lines.append(
+            f"  read model   {r.read_lag} revisions not applied yet when the last order was "
+            f"terminal ({r.read_applied} applied since the api started)"
+        )
     if r.failure_rate > 0:
         lines.append("  note         failed orders run fewer steps: utilization overstates")
     return "\n".join(lines)

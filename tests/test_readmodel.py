@@ -95,7 +95,7 @@ async def every_page(read_model: ReadModel, limit: int, **filters: Any) -> list[
 
 @pytest.fixture
 async def read_model(tmp_path: Path, bare_broker: Handles) -> AsyncIterator[ReadModel]:
-    async with open_read_model(tmp_path / "read" / "orders.db", bare_broker.js) as model:
+    async with open_read_model(tmp_path / "read" / "orders.db", bare_broker) as model:
         yield model
 
 
@@ -206,7 +206,7 @@ async def test_a_restart_resumes_from_the_checkpoint_and_loses_nothing(
 ) -> None:
     path = tmp_path / "orders.db"
     orders = await seed(bare_broker.store, 12)
-    async with Projector(path, bare_broker.js) as first:
+    async with Projector(path, bare_broker) as first:
         stopped_at = await first.caught_up(CATCH_UP)
     assert first.applied == stopped_at  # the first run read the stream from the start
 
@@ -221,7 +221,7 @@ async def test_a_restart_resumes_from_the_checkpoint_and_loses_nothing(
     assert gone.revision is not None
     await bare_broker.store.delete(gone.order_id, gone.revision)
 
-    async with open_read_model(path, bare_broker.js) as read_model:
+    async with open_read_model(path, bare_broker) as read_model:
         projector = read_model.projector
         last = await projector.caught_up(CATCH_UP)
         assert projector.applied == last - stopped_at == 6 + 4 + 1
@@ -241,13 +241,13 @@ async def test_a_deleted_file_is_rebuilt_with_nothing_counted_twice(
     path = tmp_path / "orders.db"
     orders = await seed(bare_broker.store)
     now = BASE + timedelta(seconds=400)
-    async with open_read_model(path, bare_broker.js) as read_model:
+    async with open_read_model(path, bare_broker) as read_model:
         await read_model.projector.caught_up(CATCH_UP)
         before = await read_model.stats(window=3600, now=now)
         listed = await every_page(read_model, 7)
     remove_files(tmp_path, "orders.db*")  # the file, its WAL and its shared memory
 
-    async with open_read_model(path, bare_broker.js) as read_model:
+    async with open_read_model(path, bare_broker) as read_model:
         last = await read_model.projector.caught_up(CATCH_UP)
         assert read_model.projector.applied == last  # replayed from sequence 1
         assert await read_model.stats(window=3600, now=now) == before
@@ -256,7 +256,7 @@ async def test_a_deleted_file_is_rebuilt_with_nothing_counted_twice(
         await read_model.projector.caught_up(CATCH_UP)
         assert await read_model.stats(window=3600, now=now) == before
 
-    report = await rebuild_read_model(path, bare_broker.js, within=CATCH_UP)
+    report = await rebuild_read_model(path, bare_broker, within=CATCH_UP)
     assert (report.orders, report.checkpoint) == (30, last)
     assert sum(before.by_status.values()) == 30
     assert before.by_status == {s: sum(o.status == s for o in orders) for s in before.by_status}
@@ -305,7 +305,7 @@ async def test_the_projection_outlives_a_broker_outage(
     tmp_path: Path, nats_server: NatsServer, bare_broker: Handles
 ) -> None:
     orders = await seed(bare_broker.store, 3)
-    async with Projector(tmp_path / "orders.db", bare_broker.js, idle=0.5) as projector:
+    async with Projector(tmp_path / "orders.db", bare_broker, idle=0.5) as projector:
         await projector.caught_up(CATCH_UP)
         nats_server.stop()
         nats_server.start()
@@ -323,7 +323,7 @@ async def test_the_projection_outlives_a_broker_outage(
         await wait_for(stored, within=20)
         await projector.caught_up(20)
         assert projector.status().running
-    async with open_read_model(tmp_path / "orders.db", bare_broker.js) as read_model:
+    async with open_read_model(tmp_path / "orders.db", bare_broker) as read_model:
         page = await read_model.list_orders()
     assert [o.order_id for o in page.orders] == expected([*orders, late])
 
@@ -335,7 +335,7 @@ async def test_a_rebuild_beside_a_running_projector_leaves_both_right(
     writer finds the checkpoint moved resumes from the stored one; nothing is lost or doubled."""
     path = tmp_path / "orders.db"
     orders = await seed(bare_broker.store)
-    async with open_read_model(path, bare_broker.js) as read_model:
+    async with open_read_model(path, bare_broker) as read_model:
         await read_model.projector.caught_up(CATCH_UP)
 
         async def keep_writing() -> None:
@@ -345,7 +345,7 @@ async def test_a_rebuild_beside_a_running_projector_leaves_both_right(
                     await bare_broker.store.update(order)
 
         writing = asyncio.create_task(keep_writing())
-        report = await rebuild_read_model(path, bare_broker.js, within=CATCH_UP)
+        report = await rebuild_read_model(path, bare_broker, within=CATCH_UP)
         await writing
         await read_model.projector.caught_up(CATCH_UP)
         page = await read_model.list_orders(limit=500)
@@ -362,7 +362,7 @@ async def test_a_recreated_bucket_is_projected_from_scratch(
     tmp_path: Path, settings: Settings, bare_broker: Handles
 ) -> None:
     old = await seed(bare_broker.store, 5)
-    async with open_read_model(tmp_path / "orders.db", bare_broker.js) as read_model:
+    async with open_read_model(tmp_path / "orders.db", bare_broker) as read_model:
         read_model.projector.idle = 0.5
         await read_model.projector.caught_up(CATCH_UP)
         await bare_broker.js.delete_key_value(ORDERS_BUCKET)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import nats
 import nats.errors
@@ -178,3 +178,21 @@ async def connection(
 def jetstream(nc: NATS, settings: Settings) -> JetStreamContext:
     """A JetStream context whose requests give up after ``request_timeout`` seconds."""
     return nc.jetstream(timeout=settings.request_timeout)
+
+
+class Connected(Protocol):
+    """A connection and its JetStream context, for what speaks to both (the read model's
+    projector: JetStream calls, and pull requests over an inbox). ``Handles`` is one."""
+
+    @property
+    def nc(self) -> NATS: ...
+
+    @property
+    def js(self) -> JetStreamContext: ...
+
+
+class Link(NamedTuple):
+    """``Connected`` for a caller that holds only the two (``orderflow readmodel rebuild``)."""
+
+    nc: NATS
+    js: JetStreamContext

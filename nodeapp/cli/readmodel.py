@@ -19,7 +19,7 @@ import msgspec
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from nodeapp.broker.connection import broker_errors, connection, jetstream
+from nodeapp.broker.connection import Link, broker_errors, connection, jetstream
 from nodeapp.core.errors import OrderflowError
 from nodeapp.core.settings import Settings
 from nodeapp.orders.model import encode
@@ -60,7 +60,7 @@ async def _rebuild(settings: Settings) -> RebuildReport:
         js = jetstream(nc, settings)
         await _require_bucket(js)
         try:
-            return await rebuild_read_model(path, js)
+            return await rebuild_read_model(path, Link(nc, js))
         except sqlite3.OperationalError as exc:
             hint = " (another process holds it: stop the api using it, or retry)"
             held = "locked" in str(exc) or "busy" in str(exc)

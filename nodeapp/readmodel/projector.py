@@ -1,18 +1,19 @@
 """The projector: one task keeping the read model's SQLite file in step with the orders bucket.
 
-It reads ``KV_orders`` with an ordered consumer from the stored checkpoint (``stream``) and
-applies what arrives in batches (up to ``batch_size`` messages, or ``batch_wait`` seconds while
-more is known to be coming), each in one transaction with the checkpoint (``changes``), written
-while the next batch is collected (``writer``): a restart resumes exactly after the last
-committed batch.
+It reads ``KV_orders`` through a pull consumer of its own from the stored checkpoint
+(``follower``), asking for one batch at a time (up to ``batch_size`` messages, or what came
+within ``batch_wait`` seconds while more is known to be coming), and applies each in one
+transaction with the checkpoint (``changes``), written while the next batch is collected
+(``writer``): a restart resumes exactly after the last committed batch, and at most two batches
+are in memory however far behind it is (ADR 0021).
 
-nats-py's ordered consumer recreates itself after a gap or missed heartbeats; anything else (the
-broker away, the stream missing, the file busy, another writer) pauses the task, which logs,
-backs off and resumes from the stored checkpoint. After ``idle`` seconds without a message the
-stream is asked why: a stream recreated since (it starts again at 1) is projected from scratch,
-and a consumer that delivers nothing while revisions wait, twice in a row, is replaced. Any
-other error ends the task: it is logged, ``check()`` raises it, leaving the ``async with``
-re-raises it, and ``rebuild()`` starts it again.
+A gap in the deliveries, a consumer gone, the broker away, the stream missing, the file busy or
+another writer pauses the task, which logs, backs off and resumes from the stored checkpoint
+with a new consumer. After ``idle`` seconds without a message the stream is asked why: a stream
+recreated since (it starts again at 1) is projected from scratch, and a consumer that delivers
+nothing while revisions wait, twice in a row, is replaced. Any other error ends the task: it is
+logged, ``check()`` raises it, leaving the ``async with`` re-raises it, and ``rebuild()`` starts
+it again.
 """
 
 from __future__ import annotations
@@ -29,23 +30,14 @@ from typing import Final
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
+from nodeapp.broker.connection import Connected
 from nodeapp.core.errors import BrokerUnavailable, OrderflowError
 from nodeapp.readmodel.cancellation import keep_cancellation
 from nodeapp.readmodel.changes import fold
+from nodeapp.readmodel.follower import Follower, Interrupted
 from nodeapp.readmodel.schema import CheckpointMoved, connect
-from nodeapp.readmodel.stream import (
-    KV_STREAM,
-    Lag,
-    Subscription,
-    behind,
-    follow,
-    measure_lag,
-    next_message,
-    stream_identity,
-    unfollow,
-)
+from nodeapp.readmodel.stream import KV_STREAM, Lag, behind, measure_lag, stream_identity
 from nodeapp.readmodel.writer import BatchWriter
 
 log = logging.getLogger("orderflow.readmodel")
@@ -56,7 +48,7 @@ IDLE: Final = 5.0  # seconds without a message before asking the stream whether 
 MIN_BACKOFF: Final = 0.2
 MAX_BACKOFF: Final = 5.0
 
-JetStreamSource = JetStreamContext | Callable[[], JetStreamContext]
+BrokerSource = Connected | Callable[[], Connected]
 
 
 class Stalled(OrderflowError):
@@ -74,6 +66,7 @@ PAUSING: Final = (
     sqlite3.OperationalError,
     CheckpointMoved,
     Stalled,
+    Interrupted,
 )
 
 
@@ -86,11 +79,12 @@ class ProjectorStatus(msgspec.Struct, frozen=True):
 
 
 class Projector:
-    """``async with Projector(path, js) as projector``: the file is open, the task follows the
-    stream; on exit the task is cancelled and awaited, then the file is closed.
+    """``async with Projector(path, handles) as projector``: the file is open, the task follows
+    the stream; on exit the task is cancelled and awaited, then the file is closed.
 
-    ``jetstream`` is a context or a function returning one (the api's broker link, which raises
-    ``BrokerUnavailable`` while down: the task waits for it).
+    ``broker`` is a connection with its JetStream context (``Handles``, ``Link``) or a function
+    returning one (the api's broker link, which raises ``BrokerUnavailable`` while down: the
+    task waits for it).
     """
 
     _writer: BatchWriter
@@ -98,14 +92,14 @@ class Projector:
     def __init__(
         self,
         path: str | Path,
-        jetstream: JetStreamSource,
+        broker: BrokerSource,
         *,
         batch_size: int = BATCH_SIZE,
         batch_wait: float = BATCH_WAIT,
         idle: float = IDLE,
     ) -> None:
         self.path = path
-        self._js = jetstream if callable(jetstream) else (lambda: jetstream)
+        self._broker = broker if callable(broker) else (lambda: broker)
         self.batch_size = batch_size
         self.batch_wait = batch_wait
         self.idle = idle
@@ -164,7 +158,7 @@ class Projector:
 
     async def lag(self) -> Lag:
         """Asks the broker (``BrokerUnavailable`` while it is away)."""
-        return await measure_lag(self._js(), self.checkpoint)
+        return await measure_lag(self._broker().js, self.checkpoint)
 
     async def caught_up(self, within: float) -> int:
         """Wait until every revision stored when called is applied; the checkpoint then."""
@@ -220,21 +214,28 @@ class Projector:
             delay = min(delay * 2, MAX_BACKOFF)
 
     async def _follow(self) -> None:
-        """Subscribe from the stored checkpoint and apply batches until something fails."""
+        """Follow from the stored checkpoint and apply batches until something fails."""
         await self._load_checkpoint()
-        sub = await follow(self._js(), self.checkpoint + 1)
+        broker = self._broker()
+        follower = Follower(broker.nc, broker.js, self.batch_size, self.idle)
         self._suspect = None
         try:
+            await follower.open(self.checkpoint + 1)
             while True:
-                batch = await self._collect(sub)  # while the batch before is being written
-                await (self._apply(batch) if batch else self._idle())
+                await self._next_batch(follower)
         finally:
             await self._writer.abandon()
-            await unfollow(sub)
+            await follower.close()
+
+    async def _next_batch(self, follower: Follower) -> None:
+        """Collect a batch while the one before is being written, then hand it to the writer
+        (a function of its own: the batch's messages are let go when it returns)."""
+        batch = await self._collect(follower)
+        await (self._apply(batch) if batch else self._idle())
 
     async def _load_checkpoint(self) -> None:
         """The stored checkpoint, or 0 if ``KV_orders`` was recreated since it was stored."""
-        last, created = await stream_identity(self._js())
+        last, created = await stream_identity(self._broker().js)
         checkpoint, known = await self._writer.load()
         if checkpoint > last or (known and created and known != created):
             log.warning(
@@ -248,16 +249,17 @@ class Projector:
             await self._writer.remember_stream(created)
         self._created = created
 
-    async def _collect(self, sub: Subscription) -> list[Msg]:
+    async def _collect(self, follower: Follower) -> list[Msg]:
         """The next batch: empty after ``idle`` seconds without a message."""
-        msg = await next_message(sub, self.idle)
+        await follower.request()
+        msg = await follower.next(self.idle)
         if msg is None:
             return []
         batch = [msg]
         deadline = asyncio.get_running_loop().time() + self.batch_wait
-        while len(batch) < self.batch_size and (sub.pending_msgs or msg.metadata.num_pending):
+        while len(batch) < self.batch_size and follower.coming(msg):
             remaining = deadline - asyncio.get_running_loop().time()
-            following = await next_message(sub, remaining) if remaining > 0 else None
+            following = await follower.next(remaining) if remaining > 0 else None
             if following is None:
                 break
             batch.append(msg := following)
@@ -272,7 +274,7 @@ class Projector:
     async def _idle(self) -> None:
         """Nothing arrived for ``idle`` seconds: fine if nothing is left to apply."""
         await self._writer.settle()
-        last, created, first = await behind(self._js(), self.checkpoint)
+        last, created, first = await behind(self._broker().js, self.checkpoint)
         if last < self.checkpoint or (created and self._created and created != self._created):
             raise Stalled(f"{KV_STREAM} was recreated")  # resubscribing rebuilds
         if first is None:

@@ -18,7 +18,7 @@ import aiosqlite
 import msgspec
 
 from nodeapp.readmodel.params import list_query
-from nodeapp.readmodel.projector import JetStreamSource, Projector
+from nodeapp.readmodel.projector import BrokerSource, Projector
 from nodeapp.readmodel.queries import OrderPage, list_orders
 from nodeapp.readmodel.schema import connect
 from nodeapp.readmodel.stats import Stats, order_stats, stats_window
@@ -66,9 +66,9 @@ class ReadModel:
 
 
 @contextlib.asynccontextmanager
-async def open_read_model(path: str | Path, jetstream: JetStreamSource) -> AsyncIterator[ReadModel]:
-    """``async with open_read_model(settings.read_db, link.jetstream) as read_model``."""
-    async with Projector(path, jetstream) as projector, connect(path, writer=False) as reader:
+async def open_read_model(path: str | Path, broker: BrokerSource) -> AsyncIterator[ReadModel]:
+    """``async with open_read_model(settings.read_db, link.handles) as read_model``."""
+    async with Projector(path, broker) as projector, connect(path, writer=False) as reader:
         yield ReadModel(projector, reader)
 
 
@@ -79,13 +79,13 @@ class RebuildReport(msgspec.Struct, frozen=True):
 
 
 async def rebuild_read_model(
-    path: str | Path, jetstream: JetStreamSource, within: float = REBUILD_WITHIN
+    path: str | Path, broker: BrokerSource, within: float = REBUILD_WITHIN
 ) -> RebuildReport:
     """``orderflow readmodel rebuild``: empty the file's tables and replay ``KV_orders`` from
     sequence 1 up to its last sequence when called. A running api projecting into the same
     file notices (its next batch finds the checkpoint moved) and resumes from the new one."""
     started = time.monotonic()
-    async with Projector(path, jetstream) as projector:
+    async with Projector(path, broker) as projector:
         await projector.rebuild()
         checkpoint = await projector.caught_up(within)
     async with (

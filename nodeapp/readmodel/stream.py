@@ -1,5 +1,5 @@
-"""The orders bucket's stream ``KV_orders`` as the projector reads it: an ordered consumer from a
-stream sequence, and how far a checkpoint is behind the stream.
+"""The orders bucket's stream ``KV_orders`` as the projector sees it: its names, and how far a
+checkpoint is behind it (``follower`` reads it).
 
 ``kv.watch`` cannot resume from a revision, so the projector reads the stream itself; a KV
 revision is its stream sequence, and ``$KV.orders.<order id>`` its subject.
@@ -7,30 +7,20 @@ revision is its stream sequence, and ``$KV.orders.<order id>`` its subject.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Final, NamedTuple
 
 import msgspec
-import nats.errors
 import nats.js.errors
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, RawStreamMsg
+from nats.js.api import RawStreamMsg
 
-from nodeapp.broker.connection import ANY_NATS_ERROR, broker_errors
+from nodeapp.broker.connection import broker_errors
 from nodeapp.broker.resources import ORDERS_BUCKET
 from nodeapp.orders.model import utcnow
-from nodeapp.readmodel.cancellation import keep_cancellation
-
-log = logging.getLogger("orderflow.readmodel")
 
 KV_STREAM: Final = f"KV_{ORDERS_BUCKET}"
 KV_PREFIX: Final = f"$KV.{ORDERS_BUCKET}."
 KV_SUBJECTS: Final = f"{KV_PREFIX}>"
-HEARTBEAT: Final = 2.0  # nats-py recreates an ordered consumer after two missed heartbeats
-
-Subscription = JetStreamContext.PushSubscription
 
 
 class Lag(msgspec.Struct, frozen=True):
@@ -42,65 +32,6 @@ class Lag(msgspec.Struct, frozen=True):
     seconds: float
     checkpoint: int
     stream_last_seq: int
-
-
-async def follow(js: JetStreamContext, start: int) -> Subscription:
-    """An ordered consumer delivering every revision from stream sequence ``start`` on.
-
-    A cancellation waits for the subscribe to end and then unsubscribes: nats-py subscribes
-    before it creates the consumer, and a subscription nobody reads holds up ``nc.drain()``.
-    """
-    subscribing = asyncio.ensure_future(_subscribe(js, start))
-    try:
-        return await asyncio.shield(subscribing)
-    except asyncio.CancelledError:
-        await asyncio.wait([subscribing])
-        if not subscribing.cancelled() and subscribing.exception() is None:
-            await unfollow(subscribing.result())
-        raise
-
-
-async def _subscribe(js: JetStreamContext, start: int) -> Subscription:
-    config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
-    with broker_errors("following the orders bucket"):
-        sub: Subscription = await js.subscribe(
-            KV_SUBJECTS,
-            stream=KV_STREAM,
-            ordered_consumer=True,
-            config=config,
-            idle_heartbeat=HEARTBEAT,
-        )
-    return sub
-
-
-async def next_message(sub: Subscription, wait: float) -> Msg | None:
-    """The next message, or None after ``wait`` seconds.
-
-    nats-py waits (here, and in its requests) with ``wait_for``, which returns an answer that
-    arrives together with a cancellation and drops the cancellation (Python 3.11). Every wait of
-    the projector passes here, so a dropped cancellation is put back before waiting and before
-    a message is used.
-    """
-    keep_cancellation()
-    with broker_errors("following the orders bucket"):
-        try:
-            msg: Msg = await sub.next_msg(timeout=wait)
-        except nats.errors.TimeoutError:
-            keep_cancellation()
-            return None
-    keep_cancellation()
-    return msg
-
-
-async def unfollow(sub: Subscription) -> None:
-    try:
-        await sub.unsubscribe()
-    except ANY_NATS_ERROR as exc:  # the ephemeral consumer ends with its inactivity threshold
-        log.warning(
-            "could not stop following the orders bucket: %r",
-            exc,
-            extra={"event": "readmodel.unsubscribe_failed"},
-        )
 
 
 async def stream_identity(js: JetStreamContext) -> tuple[int, str | None]:

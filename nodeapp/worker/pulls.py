@@ -1,14 +1,10 @@
 """Pull requests on the ``workers`` consumer, over an inbox the node owns.
 
-JetStream's pull protocol is public: a request ``{"batch": n, "expires": ns}`` goes to
-``$JS.API.CONSUMER.MSG.NEXT.ORDERS.workers`` with a reply subject of ours; the server delivers up
-to ``n`` messages there and, unless the batch filled, ends the request with a status message
-(408 at its expiry, 409 on a leadership change, 503 when nobody serves the consumer...).
-
-Speaking it directly instead of through nats-py's ``fetch`` gives the node two things: each
-delivery is handed on as it arrives, and the node knows when no request of ours is open on the
-server any more. Only then is a nak on drain safe; one sent earlier could come straight back to
-the draining node (ADR 0004).
+The requests (JetStream's pull protocol, ``nodeapp.broker.pulls``) go to
+``$JS.API.CONSUMER.MSG.NEXT.ORDERS.workers``. Speaking it directly instead of through nats-py's
+``fetch`` gives the node two things: each delivery is handed on as it arrives, and the node
+knows when no request of ours is open on the server any more. Only then is a nak on drain
+safe; one sent earlier could come straight back to the draining node (ADR 0004).
 """
 
 from __future__ import annotations
@@ -18,24 +14,26 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import DEFAULT_PREFIX, Header
 
 from nodeapp.broker.connection import ANY_NATS_ERROR, broker_errors
+from nodeapp.broker.pulls import (
+    END_GRACE,
+    EXPECTED_ENDS,
+    HEARTBEAT_STATUS,
+    description_of,
+    is_delivery,
+    pull_request,
+    pull_subject,
+    status_of,
+)
 from nodeapp.broker.resources import ORDERS_STREAM, WORKERS_CONSUMER
 
 log = logging.getLogger("orderflow.node")
 
-PULL_SUBJECT: Final = f"{DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{ORDERS_STREAM}.{WORKERS_CONSUMER}"
-ACK_PREFIX: Final = "$JS.ACK."  # a delivery's reply subject: where its ack goes
-HEARTBEAT_STATUS: Final = "100"
-EXPECTED_ENDS: Final = frozenset({"404", "408"})  # nothing to deliver; the request expired
-# Past its expiry, a request whose end never reached us (the connection dropped) counts as
-# ended: the server has let it go by then.
-END_GRACE: Final = 1.0
+PULL_SUBJECT: Final = pull_subject(ORDERS_STREAM, WORKERS_CONSUMER)
 
 
 class WorkPulls:
@@ -74,7 +72,7 @@ class WorkPulls:
         self._trouble = False
         self._deadline = asyncio.get_running_loop().time() + expires + END_GRACE
         self._ended.clear()
-        body = msgspec.json.encode({"batch": batch, "expires": int(expires * 1e9)})
+        body = pull_request(batch, expires)
         try:
             with broker_errors("pull request"):
                 await self.nc.publish(PULL_SUBJECT, body, reply=self._reply)
@@ -113,9 +111,8 @@ class WorkPulls:
             self._end(trouble=True)
 
     async def _received(self, msg: Msg) -> None:
-        headers = msg.headers or {}
-        status = headers.get(Header.STATUS)
-        if status is None and (msg.reply or "").startswith(ACK_PREFIX):
+        status = status_of(msg)
+        if status is None and is_delivery(msg):
             self._waiting -= 1
             self.deliver(msg)
             if self._waiting <= 0:
@@ -127,7 +124,7 @@ class WorkPulls:
                 extra={"event": "node.stray_message", "node_id": self.node_id},
             )
         elif msg.subject == self._reply and status != HEARTBEAT_STATUS:
-            self._ended_by(status, " ".join(headers.get(Header.DESCRIPTION, "").split()))
+            self._ended_by(status, description_of(msg))
         # Otherwise an earlier request's last word, or an idle heartbeat: nothing ends.
 
     def _ended_by(self, status: str, description: str) -> None:
