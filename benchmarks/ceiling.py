@@ -10,13 +10,15 @@ Per order:
 
 * submit (this process, as many coroutines as ``--clients``): KV ``create`` of the order
   document, publish of its work message with ``Nats-Msg-Id``;
-* worker (a child process, ``python -m benchmarks.ceiling --worker``): pull requests for exactly
-  as many messages as it has free of its C slots, several open at once, so a freed slot is
-  refilled without waiting for an earlier request to end; a direct get of the document; the claim
-  merged with the first step's start by compare-and-set; then per step D seconds of sleep; the
-  write of a step's completion merged with the next step's start runs while the next step
-  sleeps; the last completion merged with the terminal state, then the ack, both after the
-  order's slot is free again.
+* worker (a child process, ``python -m benchmarks.ceiling --worker``): pull requests for as many
+  messages as it has free of its C slots plus the orders in their last step (fetch ahead, ADR
+  0022), several open at once, so a freed slot is refilled without waiting for an earlier
+  request to end; a direct get of the document as the message arrives; a message that finds no
+  free slot is held, its document read, and started when a slot frees (first come, first
+  served); the claim merged with the first step's start by compare-and-set; then per step D
+  seconds of sleep; the write of a step's completion merged with the next step's start runs
+  while the next step sleeps; the last completion merged with the terminal state, then the ack,
+  both after the order's slot is free again.
 
 That is orderflow's write pattern (ADR 0001: one read and five compare-and-sets an order, the
 step-start writes overlapping the work as in ADR 0019), written as directly as nats-py allows:
@@ -26,6 +28,10 @@ reported by the same code as an orderflow run.
 
     python -m benchmarks.ceiling --step-seconds 0.05 --orders 4000
     python -m benchmarks.ceiling --overhead --orders 20000
+
+Besides ``throughput``'s options: ``--no-fetch-ahead`` runs the ceiling as it was before ADR 0022
+(a slot's next order fetched and read only once the slot is free), and ``--fetch-ahead-ab``
+runs that and the ceiling alternately (``--rounds`` pairs) and prints fetch ahead / without.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import itertools
 import signal
 import statistics
 import sys
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -117,25 +124,37 @@ class LostWrite(OrderflowError):
 class Worker:
     """C slots; pull requests only for free slots; each order in its own task."""
 
-    def __init__(self, nc: NATS, node_id: str, concurrency: int, step_seconds: float) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        node_id: str,
+        concurrency: int,
+        step_seconds: float,
+        ahead: bool = True,
+    ) -> None:
         self.nc = nc
         self.node_id = node_id
         self.concurrency = concurrency
         self.step_seconds = step_seconds
+        self.ahead = ahead  # fetch (and read) the next order while an order's last step runs
         self.inbox = nc.new_inbox()
         self.numbers = itertools.count()
         self.asked = 0  # messages the open requests may still deliver
         self.running = 0
+        self.finishing = 0  # running orders in their last step (their slot frees within D)
+        # Delivered, not started (no slot yet): each with its document's read under way.
+        self.held: deque[tuple[Msg, asyncio.Task[tuple[Order, int]]]] = deque()
         self.tasks: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
         self.failed: BaseException | None = None
 
     async def run(self) -> None:
-        """Ask for messages whenever slots are free and not already asked for."""
+        """Ask for messages whenever slots are free (or, ahead, about to free) and not already
+        asked for or held."""
         await self.nc.subscribe(f"{self.inbox}.*", cb=self._received)
         while self.failed is None:
             self.wake.clear()  # before looking: a slot freed while we publish wakes us again
-            free = self.concurrency - self.running - self.asked
+            free = self.concurrency - self.running + self.finishing - self.asked - len(self.held)
             if free > 0:
                 reply = f"{self.inbox}.{next(self.numbers)}"
                 self.asked += free
@@ -154,13 +173,24 @@ class Worker:
             return
         # A delivery names the work subject, not the request: count it against all of them.
         self.asked -= 1
+        if self.running < self.concurrency:
+            self._begin(msg, None)
+        else:  # fetched ahead: read it now, start it when a slot frees
+            read = asyncio.create_task(self._read(_work.decode(msg.data).order_id))
+            self.held.append((msg, read))
+
+    def _begin(self, msg: Msg, read: asyncio.Task[tuple[Order, int]] | None) -> None:
         self.running += 1
-        task = asyncio.create_task(self._order(msg))
+        task = asyncio.create_task(self._order(msg, read))
         self.tasks.add(task)
         task.add_done_callback(self._done)
 
     def _free(self) -> None:
         self.running -= 1
+        if self.ahead:
+            self.finishing -= 1
+        if self.held:
+            self._begin(*self.held.popleft())
         self.wake.set()
 
     def _done(self, task: asyncio.Task[None]) -> None:
@@ -169,11 +199,17 @@ class Worker:
             self.failed = task.exception()
             self.wake.set()
 
-    async def _order(self, msg: Msg) -> None:
-        order_id = _work.decode(msg.data).order_id
+    async def _read(self, order_id: str) -> tuple[Order, int]:
+        """A direct get: the document and its revision (the claim's compare-and-set guards a
+        read made ahead: nobody else writes here, so it never goes stale)."""
         reply = await self.nc.request(DIRECT_GET + order_id, b"", timeout=REQUEST_TIMEOUT)
-        order = decode_order(reply.data)
-        revision = int((reply.headers or {})["Nats-Sequence"])
+        return decode_order(reply.data), int((reply.headers or {})["Nats-Sequence"])
+
+    async def _order(self, msg: Msg, read: asyncio.Task[tuple[Order, int]] | None) -> None:
+        if read is None:
+            order, revision = await self._read(_work.decode(msg.data).order_id)
+        else:
+            order, revision = await read
         now = datetime.now(UTC)
         order.owner = Owner(self.node_id, now + LEASE, 1)
         order.status, order.attempts = "running", 1
@@ -181,6 +217,9 @@ class Worker:
         revision = await self._write(order, revision)
         writing: asyncio.Task[int] | None = None
         for index, step in enumerate(order.steps):
+            if self.ahead and index + 1 == len(order.steps):
+                self.finishing += 1  # this slot frees within D: fetch its next order now
+                self.wake.set()
             if self.step_seconds > 0:
                 await asyncio.sleep(self.step_seconds)
             if writing is not None:
@@ -219,14 +258,14 @@ class Worker:
         return ack.seq
 
 
-async def serve_worker(node_id: str) -> None:
+async def serve_worker(node_id: str, ahead: bool = True) -> None:
     """One worker process, configured like a node (``NATS_URL``, ``ORDERFLOW_CONCURRENCY``,
     ``ORDERFLOW_STEP_SECONDS``); it beats once in ``nodes`` so the runner knows it is up."""
     settings = load_settings()
     async with connection(settings, f"ceiling-{node_id}") as nc:
         nodes = await nc.jetstream().key_value(NODES_BUCKET)
         await nodes.put(node_id, b"{}")
-        await Worker(nc, node_id, settings.concurrency, settings.step_seconds).run()
+        await Worker(nc, node_id, settings.concurrency, settings.step_seconds, ahead).run()
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -234,6 +273,10 @@ async def serve_worker(node_id: str) -> None:
 
 def worker_command(node_id: str) -> list[str]:
     return ["-m", "benchmarks.ceiling", "--worker", "--node-id", node_id]
+
+
+def plain_worker_command(node_id: str) -> list[str]:
+    return [*worker_command(node_id), "--no-fetch-ahead"]
 
 
 class CeilingRun(Run):
@@ -245,9 +288,11 @@ class CeilingRun(Run):
     async def prepare(self, handles: Handles) -> None:
         """Nothing to prepare: no catalog, no api."""
 
+    command = staticmethod(worker_command)
+
     async def start_nodes(self, handles: Handles) -> list[Child]:
         return await start_nodes(
-            self.procs, self.settings, handles.buckets, self.opts.nodes, worker_command
+            self.procs, self.settings, handles.buckets, self.opts.nodes, self.command
         )
 
     def submitter(self, handles: Handles, prices: CatalogCache | None, start: float) -> Submitter:
@@ -267,6 +312,14 @@ class CeilingRun(Run):
         return submit
 
 
+class PlainCeilingRun(CeilingRun):
+    """The ceiling as it was before ADR 0022: a slot's next order is fetched and read only once
+    the slot is free (kept to measure what fetching ahead is worth)."""
+
+    mode_name = "ceiling, no fetch ahead"
+    command = staticmethod(plain_worker_command)
+
+
 # -- orderflow against the ceiling -----------------------------------------------------------
 
 
@@ -278,15 +331,19 @@ class Contender(msgspec.Struct, frozen=True):
     tree: Path | None
 
 
-def compare(opts: Options) -> int:
+def compare(opts: Options, contenders: tuple[Contender, Contender] | None = None) -> int:
     """``throughput --compare``: ceiling, orderflow, ceiling, orderflow... (``--rounds`` pairs,
     same D, K, C and N), each on a fresh broker; prints every run and orderflow / ceiling.
-    With ``--against DIR`` the first of each pair is DIR's orderflow instead of the ceiling."""
-    if opts.against is not None:
-        base = Contender(f"orderflow ({opts.against})", Run, opts.against)
-    else:
-        base = Contender("ceiling", CeilingRun, None)  # the ceiling is always this checkout's
-    subject = Contender(f"orderflow ({opts.tree})" if opts.tree else "orderflow", Run, opts.tree)
+    With ``--against DIR`` the first of each pair is DIR's orderflow instead of the ceiling;
+    ``contenders`` (base, subject) replaces both."""
+    if contenders is None:
+        if opts.against is not None:
+            first = Contender(f"orderflow ({opts.against})", Run, opts.against)
+        else:
+            first = Contender("ceiling", CeilingRun, None)  # the ceiling is always this checkout's
+        name = f"orderflow ({opts.tree})" if opts.tree else "orderflow"
+        contenders = (first, Contender(name, Run, opts.tree))
+    base, subject = contenders
     pairs: list[tuple[Result, Result]] = []
     try:
         for n in range(1, opts.rounds + 1):
@@ -363,13 +420,19 @@ def main(argv: list[str] | None = None) -> int:
         w = argparse.ArgumentParser(prog="python -m benchmarks.ceiling --worker")
         w.add_argument("--worker", action="store_true")
         w.add_argument("--node-id", required=True)
-        uvloop.run(serve_worker(w.parse_args(args).node_id))
+        w.add_argument("--no-fetch-ahead", action="store_true")
+        wargs = w.parse_args(args)
+        uvloop.run(serve_worker(wargs.node_id, not wargs.no_fetch_ahead))
         return 0
-    opts = msgspec.structs.replace(parse_args(args), tree=None)
+    own = {"--no-fetch-ahead", "--fetch-ahead-ab"}
+    opts = msgspec.structs.replace(parse_args([a for a in args if a not in own]), tree=None)
+    if "--fetch-ahead-ab" in args:
+        plain = Contender("ceiling without fetch ahead", PlainCeilingRun, None)
+        return compare(opts, (plain, Contender("ceiling", CeilingRun, None)))
     if opts.wait_quiet > 0:
         wait_for_quiet(opts.wait_quiet)
     try:
-        result = run_cleanly(opts, CeilingRun)
+        result = run_cleanly(opts, PlainCeilingRun if "--no-fetch-ahead" in args else CeilingRun)
     except OrderflowError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1

@@ -640,7 +640,7 @@ def _own(r: Result, name: str) -> str:
 
 def report(r: Result, opts: Options) -> str:
     """The human-readable result; ``--json`` adds the same numbers as one line."""
-    lean = r.mode == "ceiling"
+    lean = r.mode.startswith("ceiling")
     api = "" if r.engine_only and not r.mode.startswith("http") else "1 api, "
     shared = f"nats-server, {r.nodes} lean worker" if lean else f"nats-server, {api}{r.nodes}"
     if lean:
@@ -672,7 +672,7 @@ def report(r: Result, opts: Options) -> str:
     )
     lines = [
         (
-            f"ceiling: the lean pipeline{' (preloaded)' if r.preload else ''}"
+            f"{r.mode}: the lean pipeline{' (preloaded)' if r.preload else ''}"
             if lean
             else f"orderflow throughput ({r.mode} submit{', preloaded' if r.preload else ''})"
         ),

@@ -6,8 +6,9 @@ The pipeline says what happened to the order (a ``RunResult``); the delivery dec
   answers from inside the shield that stores it, so a shutdown cannot cut in between);
 - ``already_done``/``parked``: ack (nothing to run; a parked order waits for a replay);
 - ``deferred``: nak with a delay, until the other node's lease ends;
-- ``handed_back`` (draining), and a message that arrives while draining: nak once no pull request
-  of ours is open, else the server could hand it straight back to us (ADR 0004);
+- ``handed_back`` (draining), ``declined`` (fetched ahead, still waiting for a slot when the node
+  began to drain: never claimed), and a message that arrives while draining: nak once no pull
+  request of ours is open, else the server could hand it straight back to us (ADR 0004);
 - ``lost`` (a compare-and-set lost, or an effect fenced by a newer owner's epoch) and
   ``abandoned`` (broker, payment gateway away, stock too contended, the node's heartbeat
   lapsed): no answer; the message comes back after the ack wait and the order's lease says
@@ -46,6 +47,7 @@ class Outcome(enum.Enum):
     ALREADY_DONE = "already_done"
     DEFERRED = "deferred"  # another node holds a live lease
     HANDED_BACK = "handed_back"  # draining: lease released, message nak'ed
+    DECLINED = "declined"  # draining before the run had a slot: never claimed, message nak'ed
     LOST = "lost"  # a compare-and-set lost, or an effect was fenced: someone else owns the order
     ABANDONED = "abandoned"  # broker or gateway away, stock contended, or the node is fenced
     NO_DOCUMENT = "no_document"
@@ -166,6 +168,8 @@ class Delivery:
             answers.log_event(
                 logging.INFO, "handed back (draining)", "order.handed_back", self.order_id
             )
+        elif outcome is Outcome.DECLINED:
+            await answers.nak(self.msg, self.order_id, None)
         elif outcome is Outcome.NO_DOCUMENT:
             await answers.dead_letter(self.msg, "no order document", self.order_id)
         elif outcome is Outcome.CRASHED:

@@ -1,9 +1,11 @@
-"""The worker node: pulls from ``ORDERS``/``workers`` while it holds fewer than ``concurrency``
-orders, and drives each in a task it owns (``OrderRun``); ``Delivery`` answers each message.
+"""The worker node: pulls from ``ORDERS``/``workers`` for its free slots and those of orders in
+their last step (``Slots``, ADR 0022), and drives each order in a task it owns (``OrderRun``),
+which claims it once it has a slot; ``Delivery`` answers each message.
 
 Shutdown (SIGTERM, or ``drain()``): stop pulling, let each order finish its current step, hand
 the rest back (lease released, message nak'ed once our last pull request is closed, so another
-node continues at once), leave the registry, stop listening.
+node continues at once; a message held ahead is nak'ed so too, unclaimed), leave the registry,
+stop listening.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from nodeapp.shop.stock_audit import audit_while_leading
 from nodeapp.worker.delivery import WorkAnswers
 from nodeapp.worker.effects import ShopEffects
 from nodeapp.worker.observer import Observer
-from nodeapp.worker.pipeline import OrderRun, Slot
+from nodeapp.worker.pipeline import OrderRun
 from nodeapp.worker.pulls import WorkPulls
+from nodeapp.worker.slots import Slots, keep_held_alive
 from nodeapp.worker.steps import Steps
 from nodeapp.worker.stepwork import RunContext
 
@@ -45,23 +48,6 @@ log = logging.getLogger("orderflow.node")
 FETCH_TIMEOUT: Final = 1.0  # how long one pull request waits for messages
 RETRY_PAUSE: Final = 0.5
 _ID_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-_")
-
-
-class TaskSlot(Slot):
-    """A run's slot, counted by its task: a task in ``released`` holds none."""
-
-    def __init__(
-        self, task: asyncio.Task[None], released: set[asyncio.Task[None]], freed: asyncio.Event
-    ) -> None:
-        self.task, self.released, self.freed = task, released, freed
-
-    def release(self) -> None:
-        if not self.task.done():
-            self.released.add(self.task)
-            self.freed.set()
-
-    def retake(self) -> None:
-        self.released.discard(self.task)
 
 
 def make_node_id() -> str:
@@ -120,8 +106,7 @@ class Node:
         self.ops_url: str | None = None
         self.runs: dict[str, OrderRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._released: set[asyncio.Task[None]] = set()  # tasks that gave their slot back
-        self._slot_free = asyncio.Event()
+        self.slots = Slots(settings.concurrency)
 
     def fenced(self) -> bool:
         """True when our heartbeat has not been stored for longer than the lease: the cluster
@@ -130,16 +115,16 @@ class Node:
 
     @property
     def in_flight(self) -> int:
-        """Slots taken: tasks that have not given theirs back (a finished order's last write,
-        notification and ack run outside its slot)."""
-        return len(self._tasks) - len(self._released)
+        """Slots taken: claimed orders not yet stamped terminal (a finished order's last write,
+        notification and ack run outside its slot; a message held ahead has none yet)."""
+        return self.slots.taken
 
     def drain(self) -> None:
         """Ask the node to stop taking work and hand back what it holds; safe to call twice."""
         if not self.draining.is_set():
             log.info("draining", extra={"event": "node.draining", "node_id": self.node_id})
         self.draining.set()
-        self._slot_free.set()
+        self.slots.close()  # runs waiting for a slot start nothing: their messages go back
 
     async def run(self) -> None:
         await self.pulls.start()
@@ -157,6 +142,9 @@ class Node:
     async def _run(self) -> None:
         stopped = asyncio.Event()
         heartbeat = asyncio.create_task(self.membership.run(stopped), name="heartbeat")
+        holding = asyncio.create_task(
+            keep_held_alive(self.slots, self.context.keepalive_interval, stopped), name="held"
+        )
         reconciler = Reconciler(
             self.settings,
             self.js,
@@ -195,22 +183,23 @@ class Node:
             await reconciling
             await auditing
             await heartbeat
+            await holding
             await self.membership.leave()
         log.info("node stopped", extra={"event": "node.stopped", "node_id": self.node_id})
 
     async def _fetch_loop(self) -> None:
-        """One pull request at a time, for as many orders as the node has room for."""
+        """One pull request at a time, for the free slots and those about to free."""
         while not self.draining.is_set():
             if self.fenced():
                 await self._pause()  # until the heartbeat loop gets through again
                 continue
-            free = self.settings.concurrency - self.in_flight
-            if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
+            wanted = self.slots.wanted
+            if wanted <= 0:
+                self.slots.changed.clear()
+                await self.slots.changed.wait()
                 continue
             try:
-                await self.pulls.request(free, FETCH_TIMEOUT)
+                await self.pulls.request(wanted, FETCH_TIMEOUT)
             except BrokerUnavailable as exc:
                 log.warning(
                     "fetch failed: %s",
@@ -251,8 +240,10 @@ class Node:
             current.delivery.msg = msg
             return
         run = OrderRun(self.context, self.answers.delivery(msg, order_id))
+        run.slot = slot = self.slots.slot(run.delivery.keepalive)
         self.runs[order_id] = run
-        run.slot = TaskSlot(self._spawn(self._process(run)), self._released, self._slot_free)
+        # A callback, not a ``finally``: a task cancelled before it ran gives its place back too.
+        self._spawn(self._process(run)).add_done_callback(lambda _: slot.end())
 
     def _cancel_hinted(self, order_id: str) -> None:
         """The api announced a cancel: the run of that order, if it is ours, looks now."""
@@ -268,8 +259,6 @@ class Node:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._released.discard(task)
-        self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             # Deliveries settle everything they expect; anything else is a bug worth shouting about.
             log.error(

@@ -32,6 +32,7 @@ from nodeapp.orders.model import Order, StepRecord, utcnow
 from nodeapp.shop.verdicts import WaitInterrupted
 from nodeapp.worker.delivery import Delivery, Outcome, RunResult
 from nodeapp.worker.orderlog import log_order
+from nodeapp.worker.slots import Slot
 from nodeapp.worker.steps import StepFailed
 from nodeapp.worker.stepwork import RunContext, StepWork
 from nodeapp.worker.writes import (
@@ -60,16 +61,9 @@ TRANSIENT = (BrokerUnavailable, GatewayUnavailable, StockContention)
 FINISHED = {s: Outcome(s) for s in ("completed", "failed", "cancelled")}
 
 
-class Slot:
-    """The node slot a run holds. The node counts it free on ``release`` (the terminal state is
-    stamped: the next order's fetch overlaps this one's last write, notification and ack) and
-    taken again on ``retake`` (that write found a cancel request: the order goes on)."""
-
-    def release(self) -> None:
-        """The run needs no slot any more."""
-
-    def retake(self) -> None:
-        """The run needs its slot again."""
+class ReadAgain(Exception):
+    """The claim found the document changed since the run read it, before it waited for its
+    slot (the message was fetched ahead): the run reads it again and starts over, once."""
 
 
 class OrderRun:
@@ -80,6 +74,7 @@ class OrderRun:
         self.delivery = delivery
         self.order_id = delivery.order_id
         self.slot = Slot()  # the node's, once it has spawned the run
+        self._read_early = False  # the document was read before the run waited for its slot
         self.writes = OrderWrites(ctx.store)
         self.cancel_hint = asyncio.Event()  # a cancel of this order was announced
         self.work = StepWork(ctx, delivery, self.writes, self.cancel_hint)
@@ -110,6 +105,14 @@ class OrderRun:
 
     async def _run(self) -> RunResult:
         try:
+            return await self._attempt(first=True)
+        except ReadAgain:  # nothing was stored, nothing done: the run never began
+            self.slot.retake()  # if the terminal stamp gave it back (a cancel's end)
+            return await self._attempt(first=False)
+
+    async def _attempt(self, first: bool) -> RunResult:
+        """Read the order and decide; with a slot, claim and drive it."""
+        try:
             order = await self.ctx.store.get(self.order_id)
         except OrderNotFound:
             return RunResult(Outcome.NO_DOCUMENT)
@@ -139,7 +142,10 @@ class OrderRun:
             )
             return RunResult(Outcome.DEFERRED, retry_in=delay)
         self.writes.seen(order)
-        if lifecycle.claim(order, self.ctx.node_id, now, self.ctx.lease):
+        if not await self.slot.take():
+            return RunResult(Outcome.DECLINED)  # the node drains: nothing started, nothing stored
+        self._read_early = first and self.slot.waited
+        if lifecycle.claim(order, self.ctx.node_id, utcnow(), self.ctx.lease):
             self.ctx.stats.takeovers += 1
             assert order.owner is not None
             self._log(logging.INFO, "took order over", "order.takeover", epoch=order.owner.epoch)
@@ -156,6 +162,8 @@ class OrderRun:
             await self.ctx.effects.settle(done.order)
             return Outcome.ALREADY_DONE
         except RevisionConflict:
+            if self._read_early and not self.writes.saved:
+                raise ReadAgain from None
             self.ctx.stats.cas_conflicts += 1
             self._log(logging.WARNING, "lost the order to another writer", "order.lost")
             return Outcome.LOST
@@ -194,6 +202,8 @@ class OrderRun:
                 raise HandBack
             if self.ctx.fenced():
                 raise HeartbeatLapsed
+            if step is order.steps[-1]:
+                self.slot.last_step()  # the slot frees within this step: its successor is fetched
             try:
                 await self.work.begin(order, step)
             except CancelNoticed:
