@@ -175,6 +175,9 @@ class Result(msgspec.Struct, kw_only=True):
     in_node_p99: float
     step_p50_ms: float
     step_p99_ms: float
+    steps_ms: list[tuple[float, float]] = []  # each step's own p50, p99 (Scheduling first)
+    boundary_p50_ms: float = 0.0  # a step's completion to the next step's start
+    boundary_p99_ms: float = 0.0
     slot_time_ms: float
     overhead_per_step_ms: float
     cpu_ms_per_order: dict[str, float]
@@ -569,6 +572,19 @@ def _result(
         for s in o.steps
         if s.complete_time and s.start_time
     )
+    per_step: list[list[float]] = [[] for _ in range(STEPS)]
+    for o in orders:
+        for i, step in enumerate(o.steps[:STEPS]):
+            if step.complete_time and step.start_time:
+                per_step[i].append((step.complete_time - step.start_time).total_seconds() * 1000)
+    for durations in per_step:
+        durations.sort()
+    gaps = sorted(  # a step's completion to the next one's start: the boundary's cost
+        (b.start_time - a.complete_time).total_seconds() * 1000
+        for o in orders
+        for a, b in zip(o.steps, o.steps[1:], strict=False)
+        if a.complete_time and b.start_time
+    )
     theoretical = opts.theoretical
     slot_ms = opts.nodes * opts.concurrency / per_s * 1000
     return Result(
@@ -598,6 +614,9 @@ def _result(
         in_node_p99=percentile(in_node, 0.99),
         step_p50_ms=percentile(steps, 0.5),
         step_p99_ms=percentile(steps, 0.99),
+        steps_ms=[(percentile(d, 0.5), percentile(d, 0.99)) for d in per_step if d],
+        boundary_p50_ms=percentile(gaps, 0.5) if gaps else 0.0,
+        boundary_p99_ms=percentile(gaps, 0.99) if gaps else 0.0,
         slot_time_ms=slot_ms,
         overhead_per_step_ms=slot_ms / STEPS - opts.step_seconds * 1000,
         cpu_ms_per_order={k: v / done * 1000 for k, v in cpu.used.items()},
@@ -690,6 +709,9 @@ def report(r: Result, opts: Options) -> str:
         f"first step -> terminal p50 {r.in_node_p50:.3f}s p99 {r.in_node_p99:.3f}s",
         f"  step         p50 {r.step_p50_ms:.2f} ms p99 {r.step_p99_ms:.2f} ms "
         f"(step start -> step complete: the pre-step store write, then D of work)",
+        "  per step     "
+        + ", ".join(f"{n} p50 {a:.1f}/p99 {b:.1f} ms" for n, (a, b) in enumerate(r.steps_ms, 1))
+        + f"; between steps p50 {r.boundary_p50_ms:.2f}/p99 {r.boundary_p99_ms:.2f} ms",
         f"  slot time    {r.slot_time_ms:.2f} ms per order per slot (K x C / orders/s); "
         f"overhead per step {r.overhead_per_step_ms:.3f} ms (slot time / 4 - D; meaningful "
         "while every slot stays busy, as in a backlog run)",
