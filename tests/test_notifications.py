@@ -100,7 +100,7 @@ async def test_one_signed_completed_notification_per_completed_order(
     orders = [await _order(broker, "completed") for _ in range(3)]
     async with Notifier(_hooked(settings, receiver), broker.js, broker.store, policy=POLICY) as n:
         for order in orders + orders:  # a repeat is deduplicated by the stream
-            await publish(broker.js, order, "order.completed")
+            await publish(broker.store.replies, order, "order.completed")
 
         async def all_delivered() -> bool:
             found = [await read_state(kv, o.order_id, "order.completed") for o in orders]
@@ -140,7 +140,7 @@ async def test_a_failing_receiver_gets_it_on_a_retry_with_the_same_id(
         WebhookReceiver(SECRET.encode(), script=[503, None]) as hook,
         Notifier(_hooked(settings, hook), broker.js, broker.store, policy=POLICY),
     ):
-        await publish(broker.js, order, "order.failed")
+        await publish(broker.store.replies, order, "order.failed")
         state = await wait_for(lambda: _state(kv, order.order_id, "order.failed", "delivered"))
         await wait_for(lambda: _idle(broker))
     assert [r.answered for r in hook.requests] == [503, None, 200]
@@ -190,7 +190,7 @@ async def test_a_receiver_that_always_fails_ends_in_a_dead_letter(
         WebhookReceiver(SECRET.encode(), always=500) as hook,
         Notifier(_hooked(settings, hook), broker.js, broker.store, policy=POLICY) as n,
     ):
-        await publish(broker.js, order, "order.completed")
+        await publish(broker.store.replies, order, "order.completed")
         state = await wait_for(lambda: _state(kv, order.order_id, "order.completed", "dead"))
         await wait_for(lambda: _idle(broker))
     assert n.counts["dead"] == 1
@@ -209,7 +209,7 @@ async def test_without_a_webhook_nothing_is_sent_and_the_state_says_skipped(
 ) -> None:
     order = await _order(broker, "completed")
     async with Notifier(settings, broker.js, broker.store, policy=POLICY) as n:
-        await publish(broker.js, order, "order.completed")
+        await publish(broker.store.replies, order, "order.completed")
         state = await wait_for(lambda: _state(kv, order.order_id, "order.completed", "skipped"))
         await wait_for(lambda: _idle(broker))
     assert receiver.requests == []
@@ -227,10 +227,10 @@ async def test_a_state_found_at_the_first_write_decides_what_follows(
         notification_id=f"{tried.order_id}:order.completed", kind="order.completed",
         order_id=tried.order_id, state="failed", attempts=2, updated_at=utcnow(),
     )  # fmt: skip
-    await write_state(kv, earlier)
+    await write_state(broker.store.replies, earlier)
     async with Notifier(settings, broker.js, broker.store, policy=POLICY) as n:
         for order in (tried, done):
-            await publish(broker.js, order, "order.completed")
+            await publish(broker.store.replies, order, "order.completed")
         found = await wait_for(lambda: _state(kv, tried.order_id, "order.completed", "skipped"))
         await wait_for(lambda: _state(kv, done.order_id, "order.completed", "skipped"))
         note = Notification(
@@ -267,7 +267,7 @@ async def test_a_stopping_notifier_hands_back_what_it_could_not_finish(
     async with WebhookReceiver(SECRET.encode(), script=[None]) as hook:
         hooked = _hooked(settings, hook)
         async with Notifier(hooked, broker.js, broker.store, policy=patient, grace=0.2):
-            await publish(broker.js, order, "order.completed")
+            await publish(broker.store.replies, order, "order.completed")
 
             async def posted() -> bool:
                 return len(hook.requests) == 1

@@ -470,6 +470,14 @@ async def test_gateways_sharing_the_ledger_never_answer_from_a_stale_copy(shop: 
     assert (entry.status, entry.captures, entry.refunds) == ("refunded", 1, 1)
 
 
+def approvable(order_id: str, api: Settings) -> AuthorizeRequest:
+    """An authorization the gateway approves, its verdict for ``api``'s callback route."""
+    return AuthorizeRequest(
+        order_id=order_id, amount=AMOUNT, token="tok_ok", epoch=1,
+        callback_url=api.api_url + CALLBACK_PATH,
+    )  # fmt: skip
+
+
 async def test_a_verdict_for_the_hosting_api_is_recorded_in_process(shop: Shop) -> None:
     """The api hosting the gateway hands verdicts for its own callback URL to its inbox: no
     server listens at that URL here, and the verdict is recorded all the same, through the
@@ -478,11 +486,7 @@ async def test_a_verdict_for_the_hosting_api_is_recorded_in_process(shop: Shop) 
     inbox = PaymentInbox(fixed_bucket(shop.payments), SECRET)
     order_id = new_order_id()
     async with Gateway(nowhere, fixed_bucket(shop.ledger), inbox) as hosting:
-        request = AuthorizeRequest(
-            order_id=order_id, amount=AMOUNT, token="tok_ok", epoch=1,
-            callback_url=nowhere.api_url + CALLBACK_PATH,
-        )  # fmt: skip
-        assert (await hosting.authorize(request)).status == "pending"
+        assert (await hosting.authorize(approvable(order_id, nowhere))).status == "pending"
         verdict = await shop.waiter.wait(order_id, VERDICT_WITHIN)
         assert verdict is not None
         assert (verdict.status, verdict.amount) == ("approved", AMOUNT)
@@ -498,11 +502,7 @@ async def test_an_in_process_verdict_the_inbox_refuses_is_not_retried(shop: Shop
     inbox = PaymentInbox(fixed_bucket(shop.payments), "not-the-gateway-secret")
     order_id = new_order_id()
     async with Gateway(nowhere, fixed_bucket(shop.ledger), inbox) as hosting:
-        request = AuthorizeRequest(
-            order_id=order_id, amount=AMOUNT, token="tok_ok", epoch=1,
-            callback_url=nowhere.api_url + CALLBACK_PATH,
-        )  # fmt: skip
-        await hosting.authorize(request)
+        await hosting.authorize(approvable(order_id, nowhere))
 
         async def given_up() -> bool:
             return hosting.callbacks_failed == 1 and hosting.pending == 0

@@ -105,7 +105,7 @@ async def _settle(link: BrokerLink, order: Order) -> None:
     """Tell the customer now. The ``order.delayed`` schedule is the node's to drop when it
     settles the order's work message (only nodes may purge ``NOTIFICATIONS``, ADR 0015); one
     firing first is dropped by the notifier, the order having ended by its deadline."""
-    await publish(link.jetstream(), order, "order.cancelled")
+    await publish(link.store().replies, order, "order.cancelled")
 
 
 async def _best_effort(order_id: str, what: str, effect: Awaitable[None]) -> None:

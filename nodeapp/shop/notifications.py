@@ -87,13 +87,11 @@ def state_key(order_id: str, kind: str) -> str:
     return f"{order_id}.{kind.replace('.', '_')}"
 
 
-async def publish(
-    js: JetStreamContext, order: Order, kind: Kind, *, replies: Replies | None = None
-) -> None:
+async def publish(replies: Replies, order: Order, kind: Kind) -> None:
     """Queue ``kind`` for ``order``. Call it after the owner stored the document that makes it
     true (that compare-and-set is the epoch fence); a repeat is deduplicated by the stream for
-    two minutes and by the delivery state after that. ``replies``: publish through the
-    process's cheaper requests (``nodeapp.broker.requests``; the node's, ADR 0020)."""
+    two minutes and by the delivery state after that. Through the process's requests
+    (``nodeapp.broker.requests``, ADR 0020)."""
     note = Notification(
         notification_id=notification_id(order.order_id, kind),
         kind=kind,
@@ -105,10 +103,7 @@ async def publish(
     )
     headers: dict[str, str] = {Header.MSG_ID: note.notification_id}
     with broker_errors(f"publishing {kind} for order {order.order_id}"):
-        if replies is not None:
-            await replies.publish(SUBJECT_PREFIX + kind, encode(note), headers)
-        else:
-            await js.publish(SUBJECT_PREFIX + kind, encode(note), headers=headers)
+        await replies.publish(SUBJECT_PREFIX + kind, encode(note), headers)
 
 
 async def schedule_delayed(
@@ -151,32 +146,26 @@ async def read_state(kv: KeyValue, order_id: str, kind: str) -> DeliveryState | 
     return _state_decoder.decode(entry.value) if entry.value else None
 
 
-async def create_state(kv: KeyValue, state: DeliveryState, replies: Replies | None = None) -> bool:
+async def create_state(replies: Replies, state: DeliveryState) -> bool:
     """Write the (order, kind)'s first state; False, writing nothing, when it has one already.
 
     A write expecting no revision, not ``KeyValue.create``: that one reads the key after a
     refusal (to re-create a deleted key; no state is ever deleted), and the caller reads it
-    anyway to learn what the state is. ``replies`` as for ``publish``."""
+    anyway to learn what the state is."""
     key, data = state_key(state.order_id, state.kind), encode(state)
     with broker_errors(f"writing the {state.kind} state of order {state.order_id}"):
         try:
-            if replies is not None:
-                await replies.compare_and_set(STATE_SUBJECT + key, data, 0)
-            else:
-                await kv.update(key, data, last=0)
+            await replies.compare_and_set(STATE_SUBJECT + key, data, 0)
         except nats.js.errors.KeyWrongLastSequenceError:
             return False
     return True
 
 
-async def write_state(kv: KeyValue, state: DeliveryState, replies: Replies | None = None) -> None:
+async def write_state(replies: Replies, state: DeliveryState) -> None:
     """Last writer wins: the state reports, only ``delivered`` decides anything."""
     key, data = state_key(state.order_id, state.kind), encode(state)
     with broker_errors(f"writing the {state.kind} state of order {state.order_id}"):
-        if replies is not None:
-            await replies.publish(STATE_SUBJECT + key, data, {})
-        else:
-            await kv.put(key, data)
+        await replies.publish(STATE_SUBJECT + key, data, {})
 
 
 async def notifications_for(kv: KeyValue, order_id: str) -> list[DeliveryState]:

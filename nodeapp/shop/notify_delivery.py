@@ -130,7 +130,7 @@ class Deliveries:
         answered: a delivered notification is never sent again, a dead one never restarted.
         Otherwise (True, the state found): its attempts count on, and a ``pending`` or
         ``failed`` one stays as it is until the POST's outcome."""
-        if await create_state(self.kv, self._state(note, state, None, error), self.replies):
+        if await create_state(self.replies, self._state(note, state, None, error)):
             return True, None
         before = await read_state(self.kv, note.order_id, note.kind)
         if before is not None and before.state in FINAL:
@@ -229,7 +229,7 @@ class Deliveries:
         self, note: Notification, state: StateName, before: DeliveryState | None, error: str | None
     ) -> None:
         """Write the (order, kind)'s state over whatever it was."""
-        await write_state(self.kv, self._state(note, state, before, error), self.replies)
+        await write_state(self.replies, self._state(note, state, before, error))
 
     @staticmethod
     def _state(

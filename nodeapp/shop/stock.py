@@ -13,13 +13,13 @@ products at once, as their order does not matter: one round trip, not one per pr
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 
 from nats.js.kv import KeyValue
 
 from nodeapp.broker.requests import Replies
+from nodeapp.core.together import together
 from nodeapp.shop import holds
 from nodeapp.shop.keys import product_key
 from nodeapp.shop.products import Line, StockLevel, StockView
@@ -136,8 +136,4 @@ class Stock:
 async def _each(items: Iterable[Line], call: Callable[[str], Awaitable[StockView]]) -> None:
     """``call`` for every product of ``items`` at once; when all are done, the error of the
     first product (in id order) that failed, if any."""
-    products = [product_id for product_id, _ in per_product(items)]
-    outcomes = await asyncio.gather(*(call(p) for p in products), return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
+    await together(*(call(product_id) for product_id, _ in per_product(items)))

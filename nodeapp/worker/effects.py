@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from nodeapp.broker.requests import Replies
 from nodeapp.core.errors import OrderflowError
 from nodeapp.core.shop_errors import HoldConflict, OutOfStock
+from nodeapp.core.together import together
 from nodeapp.orders.model import STEP_NAMES, Order
 from nodeapp.shop.notifications import Kind, cancel_delayed, publish
 from nodeapp.shop.stock import Stock
@@ -46,7 +47,7 @@ class ShopEffects:
     client and waiter, shared by all its orders)."""
 
     def __init__(
-        self, js: JetStreamContext, stock: Stock, charges: Charges, replies: Replies | None = None
+        self, js: JetStreamContext, stock: Stock, charges: Charges, replies: Replies
     ) -> None:
         self.js = js
         self.stock = stock
@@ -75,7 +76,7 @@ class ShopEffects:
         elif step == PRE_PROCESSING:
             return await self.charges.authorize(order, epoch, interrupt)
         elif step == POST_PROCESSING:  # two independent effects: one round trip, not two
-            await _together(
+            await together(
                 self.charges.capture(order, epoch),
                 self.stock.commit_items(order.order_id, epoch, order.items),
             )
@@ -101,10 +102,10 @@ class ShopEffects:
         kind = NOTIFIED[order.status]
         epoch = order.owner.epoch if order.owner is not None else 0
         order_id = order.order_id
-        await _together(  # the order's slot is held until all three are done
+        await together(  # the order's slot is held until all three are done
             self._best_effort(
                 order, f"queueing {kind}",
-                lambda: publish(self.js, order, kind, replies=self.replies),
+                lambda: publish(self.replies, order, kind),
             ),
             self._best_effort(
                 order, "cancelling order.delayed", lambda: cancel_delayed(self.js, order_id)
@@ -124,14 +125,6 @@ class ShopEffects:
             _log(logging.ERROR, f"{what} refused: {exc}", "order.settle_conflict", order)
         except OrderflowError as exc:
             _log(logging.WARNING, f"{what} failed: {exc}", "order.settle_failed", order)
-
-
-async def _together(*effects: Awaitable[object]) -> None:
-    """Run ``effects`` at once and wait for all of them; then raise the first one's error, if
-    any (none is left running behind the caller's back)."""
-    for outcome in await asyncio.gather(*effects, return_exceptions=True):
-        if isinstance(outcome, BaseException):
-            raise outcome
 
 
 def _log(level: int, message: str, event: str, order: Order) -> None:
