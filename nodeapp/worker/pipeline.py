@@ -106,8 +106,7 @@ class OrderRun:
     async def _run(self) -> RunResult:
         try:
             return await self._attempt(first=True)
-        except ReadAgain:  # nothing was stored, nothing done: the run never began
-            self.slot.retake()  # if the terminal stamp gave it back (a cancel's end)
+        except ReadAgain:  # nothing was stored, nothing done: the run keeps its slot, reads again
             return await self._attempt(first=False)
 
     async def _attempt(self, first: bool) -> RunResult:
